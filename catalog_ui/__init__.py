@@ -1,0 +1,1 @@
+"""Server-rendered web catalog and operator pages. Arrives with the web UI issue."""

@@ -1,0 +1,102 @@
+"""The one exception hierarchy of Yunnao.
+
+Every error Yunnao raises on purpose derives from :class:`YunnaoError`. Each class
+names the HTTP status it maps to and a short problem type slug; the HTTP layer turns
+any of them into an RFC 9457 ``application/problem+json`` response in one handler,
+so routes never build error responses by hand. The hierarchy lives here, in the
+lowest layer, so plugins, the registry, runtimes and the cascade all share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One failed rule: ``field`` is a dotted/indexed path into the input ("tags[2]")."""
+
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class YunnaoError(Exception):
+    """Root of the hierarchy. ``detail`` is safe to show to the caller."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str, *, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = list(errors or [])
+
+
+class BadRequest(YunnaoError):
+    """The request cannot be parsed (malformed JSON, bad query string)."""
+
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class Unauthorized(YunnaoError):
+    """No credentials where they are required, or credentials that do not verify."""
+
+    status, slug, title = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(YunnaoError):
+    """The caller is known but may not do this."""
+
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(YunnaoError):
+    """No such entity (or the caller may not know it exists)."""
+
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(YunnaoError):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
+class Conflict(YunnaoError):
+    """The request clashes with stored state, e.g. a version published twice."""
+
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class IllegalTransition(Conflict):
+    """A lifecycle move the state machine does not allow."""
+
+    slug, title = "illegal-transition", "Illegal lifecycle transition"
+
+
+class PreconditionFailed(YunnaoError):
+    """``If-Match`` named a representation that is no longer current."""
+
+    status, slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class PayloadTooLarge(YunnaoError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(YunnaoError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class ValidationFailed(YunnaoError):
+    """Well-formed input that breaks a rule; ``errors`` names each field and rule."""
+
+    status, slug, title = 422, "validation-failed", "Validation failed"
+
+
+class Unavailable(YunnaoError):
+    """A dependency (database, runtime) is down; the caller may retry."""
+
+    status, slug, title = 503, "unavailable", "Service unavailable"

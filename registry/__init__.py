@@ -1,0 +1,1 @@
+"""The registry: domain model, store, search, catalog API and access control."""

@@ -1,0 +1,322 @@
+"""The catalog API: search, show, versions, publish, lifecycle, update and delete.
+
+Each route is declared once as an :class:`Endpoint`, which both mounts it and
+describes it in the OpenAPI document (:mod:`~yunnao.registry.openapi`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from yunnao.plugins.errors import FieldError, ValidationFailed
+
+from . import names, schemas, search
+from .access import require_writer
+from .auth import identity_of
+from .http import json_response, not_modified, parse_query, read_model
+from .store import RegistryStore
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the routes need from the node: its store and its request limits."""
+
+    store: RegistryStore
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One HTTP operation: how it is mounted and how OpenAPI describes it."""
+
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    tag: str = "catalog"
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    auth: Literal["none", "optional", "required"] = "optional"
+    conditional: bool = False
+    description: str = ""
+
+
+class SearchParams(BaseModel):
+    """Query string of ``GET /v1/capabilities``. Repeat a facet to OR its values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: Annotated[str, Field(max_length=200, description="full-text query")] = ""
+    domain: list[schemas.Domain] = Field(default_factory=list)
+    node: list[str] = Field(default_factory=list, description="origin node id")
+    namespace: list[str] = Field(default_factory=list)
+    runtime: list[str] = Field(default_factory=list)
+    classification: list[schemas.Classification] = Field(default_factory=list)
+    status: list[schemas.Status] = Field(
+        default_factory=list,
+        description="default: everything the caller may see (published and deprecated; "
+        "also drafts and retired entries in namespaces the caller may write)",
+    )
+    kind: list[schemas.Kind] = Field(default_factory=list)
+    tag: list[str] = Field(default_factory=list, description="all given tags must be present")
+    sort: Literal["relevance", "name", "-name", "updated", "-updated"] | None = Field(
+        None, description="default: relevance with q, else -updated"
+    )
+    page: Annotated[int, Field(ge=1, le=10_000)] = 1
+    per_page: Annotated[int, Field(ge=1, le=100)] = 20
+
+
+_LIST_PARAMS = {
+    n
+    for n, f in SearchParams.model_fields.items()
+    if f.annotation is not None and getattr(f.annotation, "__origin__", None) is list
+}
+
+
+def _catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+def _path(request: Request) -> tuple[str, str]:
+    return request.path_params["namespace"], request.path_params["name"]
+
+
+async def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Store calls are blocking (SQLAlchemy): keep them off the event loop."""
+    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+def _link_header(request: Request, page: int, per_page: int, total: int) -> str:
+    last = max(1, -(-total // per_page))
+    links = []
+    for rel, target in (("first", 1), ("prev", page - 1), ("next", page + 1), ("last", last)):
+        if 1 <= target <= last and (rel in ("first", "last") or target != page):
+            url = request.url.include_query_params(page=target, per_page=per_page)
+            links.append(f'<{url}>; rel="{rel}"')
+    return ", ".join(links)
+
+
+async def search_capabilities(request: Request) -> Response:
+    raw: dict[str, Any] = {}
+    for key in request.query_params:
+        values = request.query_params.getlist(key)
+        raw[key] = values if key in _LIST_PARAMS else values[-1]
+    params = parse_query(SearchParams, raw)
+    filters = {
+        facet: list(getattr(params, facet)) for facet in search.FACETS if getattr(params, facet)
+    }
+    query = search.SearchQuery(
+        q=params.q,
+        filters=filters,
+        sort=params.sort or "",
+        page=params.page,
+        per_page=params.per_page,
+    )
+    page = await _run(_catalog(request).store.search, identity_of(request), query)
+    body = schemas.SearchPage(
+        items=page.items,
+        total=page.total,
+        page=params.page,
+        per_page=params.per_page,
+        facets=page.facets,
+    )
+    link = _link_header(request, params.page, params.per_page, page.total)
+    return json_response(body, **({"Link": link} if link else {}))
+
+
+async def show_capability(request: Request) -> Response:
+    namespace, name = _path(request)
+    cap, etag = await _run(_catalog(request).store.describe, identity_of(request), namespace, name)
+    return not_modified(request, etag) or json_response(cap, etag=etag)
+
+
+async def list_versions(request: Request) -> Response:
+    namespace, name = _path(request)
+    items = await _run(_catalog(request).store.list_versions, identity_of(request), namespace, name)
+    return json_response(schemas.VersionList(items=items))
+
+
+async def show_version(request: Request) -> Response:
+    namespace, name = _path(request)
+    version, etag = await _run(
+        _catalog(request).store.get_version,
+        identity_of(request),
+        namespace,
+        name,
+        request.path_params["version"],
+    )
+    return not_modified(request, etag) or json_response(version, etag=etag)
+
+
+def _check_new_address(namespace: str, name: str) -> None:
+    errors = []
+    if not names.is_namespace(namespace):
+        errors.append(
+            FieldError("namespace", f"invalid namespace {namespace!r}: {names.NAMESPACE_RULE}")
+        )
+    if not names.is_name(name):
+        errors.append(FieldError("name", f"invalid capability name {name!r}: {names.NAME_RULE}"))
+    if errors:
+        raise ValidationFailed("; ".join(e.message for e in errors), errors=errors)
+
+
+async def publish_version(request: Request) -> Response:
+    namespace, name = _path(request)
+    _check_new_address(namespace, name)
+    require_writer(identity_of(request), namespace)
+    catalog = _catalog(request)
+    spec = await read_model(request, schemas.PublishRequest, catalog.max_body_bytes)
+    version = await _run(catalog.store.publish, namespace, name, spec)
+    location = f"/v1/capabilities/{namespace}/{name}/versions/{version.version}"
+    return json_response(version, status=201, Location=location)
+
+
+async def update_capability(request: Request) -> Response:
+    namespace, name = _path(request)
+    require_writer(identity_of(request), namespace)
+    catalog = _catalog(request)
+    patch = await read_model(request, schemas.MetaPatch, catalog.max_body_bytes)
+    cap, etag = await _run(
+        catalog.store.update_metadata,
+        namespace,
+        name,
+        patch,
+        if_match=request.headers.get("if-match"),
+    )
+    return json_response(cap, etag=etag)
+
+
+async def transition_version(request: Request) -> Response:
+    namespace, name = _path(request)
+    require_writer(identity_of(request), namespace)
+    catalog = _catalog(request)
+    body = await read_model(request, schemas.TransitionRequest, catalog.max_body_bytes)
+    version, etag = await _run(
+        catalog.store.transition,
+        namespace,
+        name,
+        request.path_params["version"],
+        body.status,
+        if_match=request.headers.get("if-match"),
+    )
+    return json_response(version, etag=etag)
+
+
+async def delete_capability(request: Request) -> Response:
+    namespace, name = _path(request)
+    require_writer(identity_of(request), namespace)
+    await _run(
+        _catalog(request).store.delete, namespace, name, if_match=request.headers.get("if-match")
+    )
+    return Response(status_code=204)
+
+
+CAP = "/v1/capabilities/{namespace}/{name}"
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET",
+        "/v1/capabilities",
+        search_capabilities,
+        "searchCapabilities",
+        "Search the catalog (full text, facets, pagination)",
+        query=SearchParams,
+        response=schemas.SearchPage,
+        errors=(400, 401),
+        description="Results and facet counts include only entries the caller may "
+        "discover. Pagination links are also in the `Link` header.",
+    ),
+    Endpoint(
+        "GET",
+        CAP,
+        show_capability,
+        "getCapability",
+        "Show a capability",
+        response=schemas.Capability,
+        errors=(401, 404),
+        conditional=True,
+    ),
+    Endpoint(
+        "PATCH",
+        CAP,
+        update_capability,
+        "updateCapability",
+        "Update a capability's metadata (fields not given stay as they are)",
+        body=schemas.MetaPatch,
+        response=schemas.Capability,
+        errors=(400, 401, 403, 404, 412, 413, 415, 422),
+        auth="required",
+        conditional=True,
+    ),
+    Endpoint(
+        "DELETE",
+        CAP,
+        delete_capability,
+        "deleteCapability",
+        "Delete a capability (a tombstone in the change log)",
+        status=204,
+        errors=(401, 403, 404, 412),
+        auth="required",
+        conditional=True,
+    ),
+    Endpoint(
+        "GET",
+        CAP + "/versions",
+        list_versions,
+        "listVersions",
+        "List a capability's versions, newest first",
+        response=schemas.VersionList,
+        errors=(401, 404),
+    ),
+    Endpoint(
+        "POST",
+        CAP + "/versions",
+        publish_version,
+        "publishVersion",
+        "Publish a new version (creates the capability on its first version)",
+        body=schemas.PublishRequest,
+        response=schemas.Version,
+        status=201,
+        errors=(400, 401, 403, 409, 413, 415, 422),
+        auth="required",
+    ),
+    Endpoint(
+        "GET",
+        CAP + "/versions/{version}",
+        show_version,
+        "getVersion",
+        "Show a version",
+        response=schemas.Version,
+        errors=(401, 404),
+        conditional=True,
+    ),
+    Endpoint(
+        "POST",
+        CAP + "/versions/{version}/lifecycle",
+        transition_version,
+        "transitionVersion",
+        "Move a version along draft → published → deprecated → retired",
+        body=schemas.TransitionRequest,
+        response=schemas.Version,
+        errors=(400, 401, 403, 404, 409, 412, 413, 415, 422),
+        auth="required",
+        conditional=True,
+    ),
+)
+
+
+def routes(endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> list[Route]:
+    return [Route(e.path, e.handler, methods=[e.method], name=e.operation_id) for e in endpoints]

@@ -1,0 +1,215 @@
+"""Pydantic models at the HTTP edge: what callers send and what they get back.
+
+Input models forbid unknown fields, so a typo ("sumary") is a 422 naming the field
+rather than silently dropped data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from . import names
+
+Classification = Literal["public", "internal", "restricted"]
+Kind = Literal["algorithm", "model"]
+Domain = Literal["governance", "livelihood", "economy", "other"]
+Status = Literal["draft", "published", "deprecated", "retired"]
+CLASSIFICATIONS: tuple[str, ...] = ("public", "internal", "restricted")
+STATUSES: tuple[str, ...] = ("draft", "published", "deprecated", "retired")
+DOMAINS: tuple[str, ...] = ("governance", "livelihood", "economy", "other")
+
+
+def _tag(value: str) -> str:
+    if not names.is_tag(value):
+        raise ValueError(f"invalid tag {value!r}: {names.TAG_RULE}")
+    return value
+
+
+def _unique_tags(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _semver(value: str) -> str:
+    if not names.is_semver(value):
+        raise ValueError(f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.2.0)")
+    return value
+
+
+def _json_schema(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "(root)"
+        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+    return value
+
+
+Tag = Annotated[str, AfterValidator(_tag)]
+SemVer = Annotated[str, AfterValidator(_semver)]
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_json_schema)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+RuntimeType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuntimeBinding(Strict):
+    """Where a version executes. ``type`` names a runtime plugin; ``config`` is its own."""
+
+    type: RuntimeType = "inprocess"
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Example(Strict):
+    title: Text = ""
+    input: Any
+    output: Any = None
+
+
+class CapabilityMeta(Strict):
+    """Descriptive metadata of a capability (shared by all its versions)."""
+
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    summary: Text = ""
+    description: Annotated[str, StringConstraints(max_length=100_000)] = Field(
+        "", description="Markdown"
+    )
+    kind: Kind = "algorithm"
+    domain: Domain = "other"
+    tags: Annotated[list[Tag], Field(max_length=32), AfterValidator(_unique_tags)] = Field(
+        default_factory=list
+    )
+    classification: Classification = Field(
+        "internal", description="public: anyone; internal: signed-in staff; restricted: owners"
+    )
+    owner: Text = ""
+    contact: Text = ""
+    license: Text = ""
+
+
+class MetaPatch(Strict):
+    """A partial update of capability metadata: only the fields given change."""
+
+    title: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+        | None
+    ) = None
+    summary: Text | None = None
+    description: Annotated[str, StringConstraints(max_length=100_000)] | None = None
+    kind: Kind | None = None
+    domain: Domain | None = None
+    tags: Annotated[list[Tag], Field(max_length=32), AfterValidator(_unique_tags)] | None = None
+    classification: Classification | None = None
+    owner: Text | None = None
+    contact: Text | None = None
+    license: Text | None = None
+
+
+class VersionSpec(Strict):
+    """What a version carries besides the capability's metadata."""
+
+    input_schema: JsonSchema = Field(default_factory=lambda: {"type": "object"})
+    output_schema: JsonSchema = Field(default_factory=lambda: {"type": "object"})
+    examples: Annotated[list[Example], Field(max_length=50)] = Field(default_factory=list)
+    runtime: RuntimeBinding = Field(default_factory=RuntimeBinding)
+    model_uri: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    artifact_uri: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class PublishRequest(CapabilityMeta, VersionSpec):
+    """Body of ``POST /v1/capabilities/{namespace}/{name}/versions``.
+
+    Publishing creates the capability on its first version and refreshes its
+    metadata on later ones.
+    """
+
+    version: SemVer
+    status: Literal["draft", "published"] = "published"
+
+
+class TransitionRequest(Strict):
+    status: Status
+
+
+class CapabilitySummary(BaseModel):
+    id: str = Field(description="namespace/name")
+    namespace: str
+    name: str
+    title: str
+    summary: str
+    kind: Kind
+    domain: Domain
+    tags: list[str]
+    classification: Classification
+    status: Status
+    latest_version: str | None
+    runtime: str | None
+    origin_node: str
+    updated_at: datetime
+
+
+class Capability(CapabilitySummary):
+    description: str
+    owner: str
+    contact: str
+    license: str
+    versions: list[str] = Field(description="newest first")
+    created_at: datetime
+    content_hash: str
+
+
+class Version(BaseModel):
+    id: str = Field(description="namespace/name@version")
+    namespace: str
+    name: str
+    version: str
+    status: Status
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    examples: list[Example]
+    runtime: RuntimeBinding
+    model_uri: str | None
+    artifact_uri: str | None
+    content_hash: str
+    created_at: datetime
+    updated_at: datetime
+    published_at: datetime | None
+
+
+class VersionList(BaseModel):
+    items: list[Version]
+
+
+class SearchPage(BaseModel):
+    items: list[CapabilitySummary]
+    total: int
+    page: int
+    per_page: int
+    facets: dict[str, dict[str, int]] = Field(
+        description="for each facet, value -> count of matches if that facet's own filter "
+        "were lifted (so alternatives stay visible)"
+    )
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, str]] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    status: str
+    node: str | None = None
+    version: str | None = None

@@ -1,0 +1,411 @@
+"""The registry store: every read and write of capabilities, versions and namespaces.
+
+Each write runs in one serialized transaction (:func:`~yunnao.registry.db.write_session`)
+that also updates the search index and appends to the change log, so a write is either
+wholly there (row, index, change) or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from yunnao.plugins.errors import Conflict, FieldError, Forbidden, NotFound, PreconditionFailed
+
+from . import lifecycle, names, schemas, search
+from .access import Identity, may_discover, visibility
+from .db import read_session, write_session
+from .hashing import content_hash
+from .tables import (
+    CapabilityRow,
+    CapabilityTag,
+    Change,
+    Namespace,
+    Node,
+    VersionRow,
+    utcnow,
+)
+
+_META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
+_VERSION_FIELDS = tuple(schemas.VersionSpec.model_fields)
+
+
+def capability_etag(row: CapabilityRow) -> str:
+    """Strong ETag of a capability's representation: every write bumps ``updated_at``."""
+    seed = f"{row.content_hash}|{row.status}|{row.latest_version}|{row.updated_at.isoformat()}"
+    return '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
+
+
+def version_etag(row: VersionRow) -> str:
+    seed = f"{row.content_hash}|{row.status}|{row.updated_at.isoformat()}"
+    return '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
+
+
+def _check_precondition(if_match: str | None, current: str, what: str) -> None:
+    if if_match is None:
+        return
+    offered = {tag.strip() for tag in if_match.split(",")}
+    if "*" not in offered and current not in offered:
+        raise PreconditionFailed(
+            f"{what} has changed since you read it (If-Match {if_match} is not the current "
+            f"ETag {current}); read it again and retry"
+        )
+
+
+def _meta_hash(row: CapabilityRow) -> str:
+    return content_hash({f: getattr(row, f) for f in _META_FIELDS})
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[schemas.CapabilitySummary]
+    total: int
+    facets: dict[str, dict[str, int]]
+
+
+class RegistryStore:
+    """Capabilities of one node, stored in SQLite or PostgreSQL through one engine."""
+
+    def __init__(self, engine: sa.Engine, node_id: str) -> None:
+        self.engine = engine
+        self.node_id = node_id
+
+    # ------------------------------------------------------------ node
+
+    def ensure_node(self, *, title: str = "", public_key: str | None = None) -> None:
+        """Record this node (idempotent; refreshes its public key)."""
+        with write_session(self.engine) as s:
+            node = s.get(Node, self.node_id)
+            if node is None:
+                s.add(Node(id=self.node_id, title=title, public_key=public_key))
+            elif node.public_key != public_key:
+                node.public_key = public_key
+                s.add(node)
+
+    # ------------------------------------------------------------ reads
+
+    def describe(
+        self, identity: Identity, namespace: str, name: str
+    ) -> tuple[schemas.Capability, str]:
+        """The full capability (with its version list) and its ETag."""
+        with read_session(self.engine) as s:
+            row = self._visible(s, identity, namespace, name)
+            versions = self._version_numbers(s, row)
+            return self._capability_out(row, versions), capability_etag(row)
+
+    def list_versions(self, identity: Identity, namespace: str, name: str) -> list[schemas.Version]:
+        with read_session(self.engine) as s:
+            row = self._visible(s, identity, namespace, name)
+            rows = s.exec(select(VersionRow).where(VersionRow.capability_id == row.id)).all()
+            order = names.sort_versions([v.version for v in rows])
+            by_number = {v.version: v for v in rows}
+            return [self._version_out(row, by_number[n]) for n in order]
+
+    def get_version(
+        self, identity: Identity, namespace: str, name: str, version: str
+    ) -> tuple[schemas.Version, str]:
+        with read_session(self.engine) as s:
+            row = self._visible(s, identity, namespace, name)
+            vrow = self._version_row(s, row, version)
+            return self._version_out(row, vrow), version_etag(vrow)
+
+    def search(self, identity: Identity, query: search.SearchQuery) -> Page:
+        with read_session(self.engine) as s:
+            result = search.search(s, query, visibility(identity))
+            return Page(
+                items=[self._summary_out(r) for r in result.rows],
+                total=result.total,
+                facets=result.facets,
+            )
+
+    def changes(self, since: int = 0, limit: int = 100) -> list[Change]:
+        """The change log after ``since``, oldest first."""
+        with read_session(self.engine) as s:
+            stmt = (
+                select(Change).where(col(Change.seq) > since).order_by(col(Change.seq)).limit(limit)
+            )
+            return list(s.exec(stmt).all())
+
+    # ------------------------------------------------------------ writes
+
+    def publish(self, namespace: str, name: str, spec: schemas.PublishRequest) -> schemas.Version:
+        """Publish ``spec`` as a new version (creating the capability on its first)."""
+        with write_session(self.engine) as s:
+            return self._publish(s, namespace, name, spec)
+
+    def publish_many(self, items: Iterable[tuple[str, str, schemas.PublishRequest]]) -> int:
+        """Publish many versions in one transaction (bulk loads); all or nothing."""
+        count = 0
+        with write_session(self.engine) as s:
+            for namespace, name, spec in items:
+                self._publish(s, namespace, name, spec)
+                count += 1
+        return count
+
+    def update_metadata(
+        self,
+        namespace: str,
+        name: str,
+        patch: schemas.MetaPatch,
+        *,
+        if_match: str | None = None,
+    ) -> tuple[schemas.Capability, str]:
+        with write_session(self.engine) as s:
+            row = self._live(s, namespace, name)
+            _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
+            changes = patch.model_dump(exclude_unset=True)
+            for key, value in changes.items():
+                setattr(row, key, value)
+            row.content_hash = _meta_hash(row)
+            row.updated_at = utcnow()
+            s.add(row)
+            if "tags" in changes:
+                self._set_tags(s, row)
+            s.flush()
+            search.index(s, row)
+            self._log(s, "capability", f"{namespace}/{name}", "upsert", row.content_hash)
+            versions = self._version_numbers(s, row)
+            return self._capability_out(row, versions), capability_etag(row)
+
+    def transition(
+        self,
+        namespace: str,
+        name: str,
+        version: str,
+        target: str,
+        *,
+        if_match: str | None = None,
+    ) -> tuple[schemas.Version, str]:
+        """Move a version along its lifecycle (see :mod:`~yunnao.registry.lifecycle`)."""
+        with write_session(self.engine) as s:
+            row = self._live(s, namespace, name)
+            vrow = self._version_row(s, row, version)
+            _check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
+            lifecycle.check(vrow.status, target)
+            now = utcnow()
+            vrow.status = target
+            vrow.updated_at = now
+            if target == "published" and vrow.published_at is None:
+                vrow.published_at = now
+            s.add(vrow)
+            self._refresh_current(s, row)
+            row.updated_at = now
+            s.add(row)
+            self._log(s, "version", f"{namespace}/{name}@{version}", "upsert", vrow.content_hash)
+            return self._version_out(row, vrow), version_etag(vrow)
+
+    def delete(self, namespace: str, name: str, *, if_match: str | None = None) -> None:
+        """Tombstone a capability: its row stays as a tombstone for the change log, its
+        versions, tags and index entry go; a later publish of the name starts afresh."""
+        with write_session(self.engine) as s:
+            row = self._live(s, namespace, name)
+            _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
+            row.deleted_at = row.updated_at = utcnow()
+            row.tags = []
+            s.add(row)
+            self._set_tags(s, row)
+            s.execute(sa.delete(VersionRow).where(col(VersionRow.capability_id) == row.id))
+            search.unindex(s, row.id)  # type: ignore[arg-type]
+            self._log(s, "capability", f"{namespace}/{name}", "delete", row.content_hash)
+
+    # ------------------------------------------------------------ internals
+
+    def _publish(
+        self, s: Session, namespace: str, name: str, spec: schemas.PublishRequest
+    ) -> schemas.Version:
+        owner = names.namespace_node(namespace)
+        if owner != self.node_id:
+            raise Forbidden(
+                f"namespace {namespace!r} belongs to node {owner!r}; this node is "
+                f"{self.node_id!r} and may only change its own namespaces"
+            )
+        self._ensure_namespace(s, namespace)
+        row = s.exec(
+            select(CapabilityRow).where(
+                CapabilityRow.namespace == namespace, CapabilityRow.name == name
+            )
+        ).first()
+        now = utcnow()
+        meta = spec.model_dump(include=set(_META_FIELDS))
+        if row is None:
+            row = CapabilityRow(
+                namespace=namespace,
+                name=name,
+                origin_node=self.node_id,
+                status=spec.status,
+                content_hash="",
+                created_at=now,
+                **meta,
+            )
+        else:
+            existing = s.exec(
+                select(VersionRow.id).where(
+                    VersionRow.capability_id == row.id, VersionRow.version == spec.version
+                )
+            ).first()
+            if existing is not None:
+                raise Conflict(
+                    f"{namespace}/{name}@{spec.version} already exists; versions are immutable, "
+                    "publish a new version number",
+                    errors=[FieldError("version", f"{spec.version} is already taken")],
+                )
+            for key, value in meta.items():
+                setattr(row, key, value)
+            if row.deleted_at is not None:
+                row.deleted_at, row.created_at = None, now
+        row.content_hash = _meta_hash(row)
+        row.updated_at = now
+        s.add(row)
+        s.flush()
+        self._set_tags(s, row)
+        body = spec.model_dump(include=set(_VERSION_FIELDS), mode="json")
+        vrow = VersionRow(
+            capability_id=row.id,  # type: ignore[arg-type]
+            version=spec.version,
+            status=spec.status,
+            content_hash=content_hash({"version": spec.version, **body}),
+            created_at=now,
+            updated_at=now,
+            published_at=now if spec.status == "published" else None,
+            **body,
+        )
+        s.add(vrow)
+        s.flush()
+        self._refresh_current(s, row)
+        s.add(row)
+        s.flush()
+        search.index(s, row)
+        key = f"{namespace}/{name}"
+        self._log(s, "capability", key, "upsert", row.content_hash)
+        self._log(s, "version", f"{key}@{spec.version}", "upsert", vrow.content_hash)
+        return self._version_out(row, vrow)
+
+    def _ensure_namespace(self, s: Session, namespace: str) -> None:
+        if s.get(Namespace, namespace) is not None:
+            return
+        if s.get(Node, self.node_id) is None:
+            s.add(Node(id=self.node_id))
+            s.flush()
+        s.add(Namespace(id=namespace, node_id=self.node_id))
+        s.flush()
+        self._log(s, "namespace", namespace, "upsert", content_hash({"id": namespace}))
+
+    def _set_tags(self, s: Session, row: CapabilityRow) -> None:
+        s.execute(sa.delete(CapabilityTag).where(col(CapabilityTag.capability_id) == row.id))
+        for tag in row.tags:
+            s.add(CapabilityTag(capability_id=row.id, tag=tag))  # type: ignore[arg-type]
+
+    def _refresh_current(self, s: Session, row: CapabilityRow) -> None:
+        """Point the capability at its current version (see lifecycle.CURRENT_PREFERENCE)."""
+        rows = s.exec(
+            select(VersionRow.version, VersionRow.status, VersionRow.runtime).where(
+                VersionRow.capability_id == row.id
+            )
+        ).all()
+        for status in lifecycle.CURRENT_PREFERENCE:
+            candidates = [r for r in rows if r.status == status]
+            if candidates:
+                newest = names.sort_versions([r.version for r in candidates])[0]
+                current = next(r for r in candidates if r.version == newest)
+                row.latest_version = current.version
+                row.status = current.status
+                row.runtime = current.runtime.get("type")
+                return
+
+    def _log(self, s: Session, entity: str, key: str, op: str, digest: str) -> None:
+        s.add(Change(entity=entity, key=key, op=op, content_hash=digest, origin_node=self.node_id))
+
+    def _find(self, s: Session, namespace: str, name: str) -> CapabilityRow | None:
+        return s.exec(
+            select(CapabilityRow).where(
+                CapabilityRow.namespace == namespace, CapabilityRow.name == name
+            )
+        ).first()
+
+    def _live(self, s: Session, namespace: str, name: str) -> CapabilityRow:
+        row = self._find(s, namespace, name)
+        if row is None or row.deleted_at is not None:
+            raise NotFound(f"no capability {namespace}/{name}")
+        return row
+
+    def _visible(self, s: Session, identity: Identity, namespace: str, name: str) -> CapabilityRow:
+        row = self._find(s, namespace, name)
+        # Hidden and absent look the same, so probing cannot reveal restricted entries.
+        if row is None or not may_discover(identity, row):
+            raise NotFound(f"no capability {namespace}/{name}")
+        return row
+
+    def _version_row(self, s: Session, row: CapabilityRow, version: str) -> VersionRow:
+        vrow = s.exec(
+            select(VersionRow).where(
+                VersionRow.capability_id == row.id, VersionRow.version == version
+            )
+        ).first()
+        if vrow is None:
+            raise NotFound(f"no version {version} of {row.namespace}/{row.name}")
+        return vrow
+
+    def _version_numbers(self, s: Session, row: CapabilityRow) -> list[str]:
+        numbers = s.exec(select(VersionRow.version).where(VersionRow.capability_id == row.id)).all()
+        return names.sort_versions(list(numbers))
+
+    # ------------------------------------------------------------ representations
+
+    @staticmethod
+    def _summary_fields(row: CapabilityRow) -> dict[str, Any]:
+        return {
+            "id": f"{row.namespace}/{row.name}",
+            "namespace": row.namespace,
+            "name": row.name,
+            "title": row.title,
+            "summary": row.summary,
+            "kind": row.kind,
+            "domain": row.domain,
+            "tags": row.tags,
+            "classification": row.classification,
+            "status": row.status,
+            "latest_version": row.latest_version,
+            "runtime": row.runtime,
+            "origin_node": row.origin_node,
+            "updated_at": row.updated_at,
+        }
+
+    def _summary_out(self, row: CapabilityRow) -> schemas.CapabilitySummary:
+        return schemas.CapabilitySummary(**self._summary_fields(row))
+
+    def _capability_out(self, row: CapabilityRow, versions: list[str]) -> schemas.Capability:
+        return schemas.Capability(
+            **self._summary_fields(row),
+            description=row.description,
+            owner=row.owner,
+            contact=row.contact,
+            license=row.license,
+            versions=versions,
+            created_at=row.created_at,
+            content_hash=row.content_hash,
+        )
+
+    @staticmethod
+    def _version_out(row: CapabilityRow, v: VersionRow) -> schemas.Version:
+        return schemas.Version(
+            id=f"{row.namespace}/{row.name}@{v.version}",
+            namespace=row.namespace,
+            name=row.name,
+            version=v.version,
+            status=v.status,  # type: ignore[arg-type]
+            input_schema=v.input_schema,
+            output_schema=v.output_schema,
+            examples=[schemas.Example(**e) for e in v.examples],
+            runtime=schemas.RuntimeBinding(**v.runtime),
+            model_uri=v.model_uri,
+            artifact_uri=v.artifact_uri,
+            content_hash=v.content_hash,
+            created_at=v.created_at,
+            updated_at=v.updated_at,
+            published_at=v.published_at,
+        )

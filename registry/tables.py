@@ -1,0 +1,138 @@
+"""SQLModel tables of the registry store (the same on SQLite and PostgreSQL).
+
+The search index is not here: it is dialect-specific (an FTS5 virtual table on
+SQLite, a tsvector table with a GIN index on PostgreSQL), created by the migrations
+and kept by :mod:`yunnao.registry.search` in the same transaction as the rows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both stores (SQLite keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, **kw)
+
+
+class Node(SQLModel, table=True):
+    """A registry node known here: this node, and later its parents and children."""
+
+    id: str = Field(primary_key=True, max_length=330)
+    parent_id: str | None = Field(default=None, max_length=330)
+    title: str = Field(default="", max_length=200)
+    public_key: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts()
+
+
+class Namespace(SQLModel, table=True):
+    """A department that owns capabilities; only its node may change them."""
+
+    id: str = Field(primary_key=True, max_length=370)
+    node_id: str = Field(foreign_key="node.id", index=True, max_length=330)
+    title: str = Field(default="", max_length=200)
+    created_at: datetime = _ts()
+
+
+class CapabilityRow(SQLModel, table=True):
+    """One capability (namespace/name). Metadata is shared by its versions; ``status``,
+    ``latest_version`` and ``runtime`` mirror its current version for search and facets."""
+
+    __tablename__ = "capability"
+    __table_args__ = (
+        sa.UniqueConstraint("namespace", "name", name="uq_capability_namespace_name"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    namespace: str = Field(foreign_key="namespace.id", index=True, max_length=370)
+    name: str = Field(max_length=64)
+    title: str = Field(max_length=200)
+    summary: str = Field(default="", max_length=500)
+    description: str = Field(default="", sa_type=sa.Text)
+    kind: str = Field(max_length=16)
+    domain: str = Field(index=True, max_length=16)
+    tags: list[str] = Field(default_factory=list, sa_type=JSONType)
+    classification: str = Field(index=True, max_length=16)
+    owner: str = Field(default="", max_length=500)
+    contact: str = Field(default="", max_length=500)
+    license: str = Field(default="", max_length=500)
+    origin_node: str = Field(index=True, max_length=330)
+    status: str = Field(index=True, max_length=16)
+    latest_version: str | None = Field(default=None, max_length=128)
+    runtime: str | None = Field(default=None, index=True, max_length=32)
+    content_hash: str = Field(max_length=64)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts(index=True)
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class CapabilityTag(SQLModel, table=True):
+    """Tags as rows, so tag filters and tag facet counts use an index."""
+
+    __tablename__ = "capability_tag"
+
+    capability_id: int = Field(foreign_key="capability.id", primary_key=True)
+    tag: str = Field(primary_key=True, index=True, max_length=48)
+
+
+class VersionRow(SQLModel, table=True):
+    """One immutable version; only its lifecycle ``status`` changes after publish."""
+
+    __tablename__ = "capability_version"
+    __table_args__ = (sa.UniqueConstraint("capability_id", "version", name="uq_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    capability_id: int = Field(foreign_key="capability.id", index=True)
+    version: str = Field(max_length=128)
+    status: str = Field(max_length=16)
+    input_schema: dict[str, Any] = Field(sa_type=JSONType)
+    output_schema: dict[str, Any] = Field(sa_type=JSONType)
+    examples: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONType)
+    runtime: dict[str, Any] = Field(sa_type=JSONType)
+    model_uri: str | None = Field(default=None, max_length=1000)
+    artifact_uri: str | None = Field(default=None, max_length=1000)
+    content_hash: str = Field(max_length=64)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    published_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Change(SQLModel, table=True):
+    """The change log: one row per write, appended in the write's own transaction.
+    ``seq`` is node-local and, because writers are serialized, in commit order."""
+
+    seq: int | None = Field(default=None, primary_key=True)
+    entity: str = Field(max_length=16)
+    key: str = Field(index=True, max_length=600)
+    op: str = Field(max_length=8)
+    content_hash: str = Field(max_length=64)
+    origin_node: str = Field(max_length=330)
+    created_at: datetime = _ts()

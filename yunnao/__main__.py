@@ -1,0 +1,3 @@
+from yunnao.cli import main
+
+main()

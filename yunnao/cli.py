@@ -1,0 +1,457 @@
+"""The ``yunnao`` command line: run a node, migrate its store, search and show the
+catalog of any node over HTTP, and mint node-signed tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from yunnao import __version__
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _settings(**overrides: Any) -> Any:
+    from pydantic import ValidationError
+
+    from .settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise click.UsageError(msgs) from None
+
+
+def node_options(fn: Any) -> Any:
+    """Options that locate a node's local state (store and key)."""
+    for opt in reversed(
+        [
+            click.option(
+                "--node-id",
+                envvar="YUNNAO_NODE_ID",
+                help="This node's dotted id, e.g. sd.qd.shinan  [env YUNNAO_NODE_ID; "
+                "default: local]",
+            ),
+            click.option(
+                "--data-dir",
+                envvar="YUNNAO_DATA_DIR",
+                type=click.Path(file_okay=False),
+                help="Directory for embedded state: SQLite store, node key  "
+                "[env YUNNAO_DATA_DIR; default: ./var]",
+            ),
+            click.option(
+                "--database-url",
+                envvar="YUNNAO_DATABASE_URL",
+                help="SQLAlchemy URL of the registry store, e.g. "
+                "postgresql+psycopg://user@host/db  [env YUNNAO_DATABASE_URL; default: "
+                "SQLite in the data dir]",
+            ),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+def client_options(fn: Any) -> Any:
+    """Options for commands that talk to a node over HTTP."""
+    for opt in reversed(
+        [
+            click.option(
+                "--url",
+                envvar="YUNNAO_URL",
+                default=DEFAULT_URL,
+                show_default=True,
+                help="Base URL of the node  [env YUNNAO_URL]",
+            ),
+            click.option(
+                "--token",
+                envvar="YUNNAO_TOKEN",
+                help="Bearer token (see `yunnao token create`)  [env YUNNAO_TOKEN]",
+            ),
+            click.option(
+                "--json",
+                "as_json",
+                is_flag=True,
+                help="Print the node's JSON response, for scripts",
+            ),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+def _request(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            resp = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach node at {url}: {exc}") from None
+    if resp.status_code >= 400:
+        try:
+            prob = resp.json()
+            detail = f"{prob.get('title', 'error')}: {prob.get('detail', '')}"
+            for e in prob.get("errors", []):
+                detail += f"\n  {e.get('field')}: {e.get('message')}"
+        except ValueError:
+            detail = resp.text[:500]
+        raise click.ClickException(f"{resp.status_code} {detail}")
+    return resp.json()
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="yunnao")
+def main() -> None:
+    """Yunnao (云脑): the capability marketplace of a city cloud brain.
+
+    Run a registry node, publish and find algorithms and models, and link district,
+    city and province nodes. Every option can also be set through the environment
+    variable shown in its help.
+    """
+
+
+@main.command()
+@node_options
+@click.option(
+    "--host",
+    envvar="YUNNAO_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 for all interfaces)  [env YUNNAO_HOST]",
+)
+@click.option(
+    "--port",
+    envvar="YUNNAO_PORT",
+    default=8000,
+    show_default=True,
+    type=int,
+    help="Port to listen on  [env YUNNAO_PORT]",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Server log level",
+)
+def serve(
+    node_id: str | None,
+    data_dir: str | None,
+    database_url: str | None,
+    host: str,
+    port: int,
+    log_level: str,
+) -> None:
+    """Run a registry node.
+
+    With no options it runs on embedded defaults: a SQLite store and a node key under
+    ./var (the store is created and upgraded on start). With --database-url pointing at
+    PostgreSQL, run `yunnao db upgrade` first: a shared store is never migrated implicitly.
+    """
+    import uvicorn
+
+    from .app import SchemaOutOfDate, create_app
+
+    settings = _settings(
+        node_id=node_id, data_dir=data_dir, database_url=database_url, host=host, port=port
+    )
+    try:
+        app = create_app(settings)
+    except SchemaOutOfDate as exc:
+        raise click.ClickException(str(exc)) from None
+    err_console.print(
+        f"[bold]Yunnao[/bold] node [cyan]{settings.node_id}[/cyan] on "
+        f"http://{host}:{port}  (store: {_redact(settings.db_url)})"
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+
+
+def _redact(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+@main.group()
+def db() -> None:
+    """Manage the registry store's schema."""
+
+
+@db.command("upgrade")
+@node_options
+@click.option("--revision", default="head", show_default=True, help="Target schema revision")
+def db_upgrade(
+    node_id: str | None, data_dir: str | None, database_url: str | None, revision: str
+) -> None:
+    """Create or migrate the registry store to the newest schema (safe to repeat)."""
+    from yunnao.registry import db as registry_db
+    from yunnao.registry import migrate
+
+    settings = _settings(node_id=node_id, data_dir=data_dir, database_url=database_url)
+    engine = registry_db.create_engine(settings.db_url)
+    try:
+        before = migrate.current(engine)
+        after = migrate.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    click.echo(f"{_redact(settings.db_url)}: schema {before or 'empty'} -> {after}")
+
+
+@db.command("current")
+@node_options
+def db_current(node_id: str | None, data_dir: str | None, database_url: str | None) -> None:
+    """Print the store's schema revision and the newest one this version knows."""
+    from yunnao.registry import db as registry_db
+    from yunnao.registry import migrate
+
+    settings = _settings(node_id=node_id, data_dir=data_dir, database_url=database_url)
+    engine = registry_db.create_engine(settings.db_url)
+    try:
+        at = migrate.current(engine)
+    finally:
+        engine.dispose()
+    head = migrate.head()
+    state = "up to date" if at == head else "needs `yunnao db upgrade`"
+    click.echo(f"at {at or 'empty'}, newest {head}: {state}")
+
+
+FACET_OPTIONS = (
+    "domain",
+    "node",
+    "namespace",
+    "runtime",
+    "classification",
+    "status",
+    "kind",
+    "tag",
+)
+
+
+@main.command()
+@click.argument("query", required=False, default="")
+@click.option(
+    "--domain", multiple=True, help="governance | livelihood | economy | other (repeat to OR)"
+)
+@click.option("--node", multiple=True, help="Origin node id (repeat to OR)")
+@click.option("--namespace", multiple=True, help="Owning namespace (repeat to OR)")
+@click.option("--runtime", multiple=True, help="inprocess | bentoml | rayserve | triton | remote")
+@click.option("--classification", multiple=True, help="public | internal | restricted")
+@click.option(
+    "--status",
+    multiple=True,
+    help="draft | published | deprecated | retired (default: published, deprecated)",
+)
+@click.option("--kind", multiple=True, help="algorithm | model")
+@click.option("--tag", multiple=True, help="Tag that must be present (repeat to AND)")
+@click.option(
+    "--sort",
+    type=click.Choice(["relevance", "name", "-name", "updated", "-updated"]),
+    help="Order (default: relevance with a query, else newest first)",
+)
+@click.option("--page", type=int, default=1, show_default=True)
+@click.option("--per-page", type=int, default=20, show_default=True)
+@click.option("--facets", "show_facets", is_flag=True, help="Also print facet counts")
+@client_options
+def search(
+    query: str,
+    sort: str | None,
+    page: int,
+    per_page: int,
+    show_facets: bool,
+    url: str,
+    token: str | None,
+    as_json: bool,
+    **facets: tuple[str, ...],
+) -> None:
+    """Search a node's catalog: full text plus facet filters.
+
+    Example: yunnao search 交通 --domain governance --tag traffic
+    """
+    params: list[tuple[str, Any]] = [("q", query), ("page", page), ("per_page", per_page)]
+    if sort:
+        params.append(("sort", sort))
+    for facet in FACET_OPTIONS:
+        params += [(facet, v) for v in facets.get(facet, ())]
+    data = _request(url, token, "GET", "/v1/capabilities", params=params)
+    if as_json:
+        _print_json(data)
+        return
+    table = Table(title=f"{data['total']} capabilities (page {data['page']})", title_justify="left")
+    for column in ("capability", "version", "title", "domain", "class.", "status"):
+        table.add_column(column)
+    for item in data["items"]:
+        table.add_row(
+            item["id"],
+            item["latest_version"] or "",
+            item["title"],
+            item["domain"],
+            item["classification"],
+            item["status"],
+        )
+    console.print(table)
+    if show_facets:
+        for facet, counts in data["facets"].items():
+            if counts:
+                console.print(
+                    f"[bold]{facet}[/bold]: " + ", ".join(f"{k} ({v})" for k, v in counts.items())
+                )
+
+
+@main.command()
+@click.argument("ref", metavar="NAMESPACE/NAME[@VERSION]")
+@client_options
+def show(ref: str, url: str, token: str | None, as_json: bool) -> None:
+    """Show one capability, or one version of it with its schemas."""
+    path, _, version = ref.partition("@")
+    if path.count("/") != 1:
+        raise click.BadParameter(
+            "expected NAMESPACE/NAME or NAMESPACE/NAME@VERSION", param_hint="REF"
+        )
+    target = f"/v1/capabilities/{path}" + (f"/versions/{version}" if version else "")
+    data = _request(url, token, "GET", target)
+    if as_json:
+        _print_json(data)
+        return
+    if version:
+        console.print(
+            f"[bold]{data['id']}[/bold]  [{data['status']}]  runtime {data['runtime']['type']}"
+        )
+        console.print("[bold]input schema[/bold]")
+        console.print_json(data=data["input_schema"])
+        console.print("[bold]output schema[/bold]")
+        console.print_json(data=data["output_schema"])
+        if data.get("model_uri"):
+            console.print(f"model: {data['model_uri']}")
+        return
+    console.print(f"[bold]{data['id']}[/bold]  {data['title']}")
+    console.print(f"{data['summary']}\n")
+    rows = [
+        ("status", data["status"]),
+        ("latest", data["latest_version"] or "-"),
+        ("versions", ", ".join(data["versions"])),
+        ("kind", data["kind"]),
+        ("domain", data["domain"]),
+        ("classification", data["classification"]),
+        ("tags", ", ".join(data["tags"])),
+        ("owner", data["owner"]),
+        ("contact", data["contact"]),
+        ("license", data["license"]),
+        ("origin node", data["origin_node"]),
+        ("updated", data["updated_at"]),
+    ]
+    table = Table(show_header=False, box=None)
+    for k, v in rows:
+        table.add_row(f"[dim]{k}[/dim]", str(v))
+    console.print(table)
+    if data["description"]:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(data["description"]))
+
+
+@main.group()
+def token() -> None:
+    """Mint bearer tokens signed by this node's key."""
+
+
+@token.command("create")
+@node_options
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["admin", "operator", "author", "consumer", "auditor"]),
+    help="What the holder may do; writes need admin or author",
+)
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    metavar="SCOPE",
+    help="Namespace scope (repeatable); covers itself and everything under it, "
+    "e.g. sd.qd.traffic, or a node id for all its departments",
+)
+@click.option(
+    "--subject",
+    default=lambda: os.environ.get("USER", "operator"),
+    show_default="$USER",
+    help="Who the token is for (recorded in the token)",
+)
+@click.option(
+    "--ttl", default="30d", show_default=True, help="Lifetime: a number with s, m, h or d, e.g. 12h"
+)
+@click.option("--json", "as_json", is_flag=True, help="Print token and claims as JSON")
+def token_create(
+    node_id: str | None,
+    data_dir: str | None,
+    database_url: str | None,
+    role: str,
+    namespaces: tuple[str, ...],
+    subject: str,
+    ttl: str,
+    as_json: bool,
+) -> None:
+    """Create a token, signed with the node key in the data dir.
+
+    Run it on the node's machine (it reads the node key). Example:
+
+        yunnao token create --role author --namespace sd.qd.traffic
+    """
+    from yunnao.registry import names, tokens
+
+    settings = _settings(node_id=node_id, data_dir=data_dir, database_url=database_url)
+    for scope in namespaces:
+        if not names.is_node_id(scope):
+            raise click.BadParameter(f"{scope!r}: {names.NAMESPACE_RULE}", param_hint="--namespace")
+    lifetime = _parse_ttl(ttl)
+    key = tokens.load_or_create_key(settings.key_path)
+    jwt_text = tokens.issue(
+        key,
+        node_id=settings.node_id,
+        subject=subject,
+        role=role,
+        scopes=list(namespaces),
+        ttl=lifetime,
+    )
+    if as_json:
+        _print_json(
+            {
+                "token": jwt_text,
+                "node": settings.node_id,
+                "subject": subject,
+                "role": role,
+                "namespaces": list(namespaces),
+                "expires_in_seconds": int(lifetime.total_seconds()),
+            }
+        )
+    else:
+        click.echo(jwt_text)
+
+
+def _parse_ttl(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise click.BadParameter(
+            f"{text!r}: use a positive number with s, m, h or d, e.g. 12h", param_hint="--ttl"
+        )
+    return timedelta(seconds=int(number) * units[unit])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Node settings: command-line flags over ``YUNNAO_*`` environment variables over the
+embedded defaults (SQLite under ``./var``, a generated node key)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from yunnao.registry import names
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YUNNAO_", extra="ignore")
+
+    node_id: str = Field("local", description="this node's dotted id, e.g. sd.qd.shinan")
+    node_title: str = Field("", description="human name of this node")
+    data_dir: Path = Field(Path("var"), description="where embedded state lives")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/registry.db"
+    )
+    key_file: Path | None = Field(None, description="node key; default <data_dir>/node_key.pem")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not names.is_node_id(value):
+            raise ValueError(f"invalid node id {value!r}: {names.NODE_ID_RULE}")
+        return value
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key_file or self.data_dir / "node_key.pem"
