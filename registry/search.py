@@ -190,7 +190,9 @@ def _match(session: Session, terms: Sequence[Term]) -> tuple[Any, Any] | None:
         )
         return sub, sub.c.rank.asc()  # bm25: lower is better
     doc = sa.column("document", postgresql.TSVECTOR)
-    tsq = sa.func.to_tsquery(sa.literal("simple"), _tsquery(terms))
+    tsq = sa.func.to_tsquery(
+        sa.literal_column("'simple'::regconfig"), sa.cast(_tsquery(terms), sa.Text)
+    )
     sub = (
         sa.select(
             sa.column("capability_id").label("cid"),

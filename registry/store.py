@@ -243,19 +243,18 @@ class RegistryStore:
                 **meta,
             )
         else:
-            existing = s.exec(
-                select(VersionRow.id).where(
-                    VersionRow.capability_id == row.id, VersionRow.version == spec.version
-                )
-            ).first()
-            if existing is not None:
+            numbers = self._version_numbers(s, row)
+            if spec.version in numbers:
                 raise Conflict(
                     f"{namespace}/{name}@{spec.version} already exists; versions are immutable, "
                     "publish a new version number",
                     errors=[FieldError("version", f"{spec.version} is already taken")],
                 )
-            for key, value in meta.items():
-                setattr(row, key, value)
+            # The capability describes its newest line: a backport (1.9.1 after 2.0.0)
+            # adds a version without rolling the description back.
+            if not numbers or names.sort_versions([*numbers, spec.version])[0] == spec.version:
+                for key, value in meta.items():
+                    setattr(row, key, value)
             if row.deleted_at is not None:
                 row.deleted_at, row.created_at = None, now
         row.content_hash = _meta_hash(row)

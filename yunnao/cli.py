@@ -293,7 +293,8 @@ def search(
         _print_json(data)
         return
     table = Table(title=f"{data['total']} capabilities (page {data['page']})", title_justify="left")
-    for column in ("capability", "version", "title", "domain", "class.", "status"):
+    table.add_column("capability", no_wrap=True)  # ids must stay copyable
+    for column in ("version", "title", "domain", "class.", "status"):
         table.add_column(column)
     for item in data["items"]:
         table.add_row(

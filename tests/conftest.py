@@ -1,0 +1,145 @@
+"""Shared fixtures: real stores (SQLite file, a real PostgreSQL server), a node app driven
+over HTTP with httpx (Starlette's TestClient), and tokens signed by that node's key."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from tests.realservers.postgres import PostgresServer
+from yunnao.app import create_app
+from yunnao.registry import db, migrate, tokens
+from yunnao.settings import Settings
+
+NODE_ID = "sd.qd"
+TEMPLATE_DB = "yunnao_template"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session, with a migrated template database
+    that each test copies (CREATE DATABASE ... TEMPLATE takes well under a second)."""
+    server = PostgresServer().start()
+    try:
+        engine = db.create_engine(server.create_database(TEMPLATE_DB))
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield server
+    finally:
+        server.stop()
+
+
+def _fresh_pg_database(server: PostgresServer) -> tuple[str, str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    return name, server.create_database(name, template=TEMPLATE_DB)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.slow])]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated registry store: every test using it runs on SQLite and PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+        engine = db.create_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name, url = _fresh_pg_database(server)
+    yield url
+    server.drop_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite store for tests about HTTP behaviour that does not depend on the store."""
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@dataclass
+class Node:
+    """A node app under test: ``client`` speaks HTTP to it, ``token()`` mints credentials."""
+
+    client: TestClient
+    settings: Settings
+
+    def token(
+        self,
+        role: str = "author",
+        *scopes: str,
+        ttl: timedelta = timedelta(hours=1),
+        subject: str = "tester",
+    ) -> str:
+        key = tokens.load_or_create_key(self.settings.key_path)
+        return tokens.issue(
+            key,
+            node_id=self.settings.node_id,
+            subject=subject,
+            role=role,
+            scopes=list(scopes),
+            ttl=ttl,
+        )
+
+    def auth(self, role: str = "author", *scopes: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(role, *(scopes or (NODE_ID,)))}"}
+
+    def publish(
+        self,
+        namespace: str,
+        name: str,
+        version: str = "1.0.0",
+        headers: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> httpx.Response:
+        body = {"version": version, "title": fields.pop("title", f"{name} title"), **fields}
+        return self.client.post(
+            f"/v1/capabilities/{namespace}/{name}/versions",
+            json=body,
+            headers=headers or self.auth(),
+        )
+
+
+def _node(url: str, tmp_path: Path) -> Iterator[Node]:
+    settings = Settings(node_id=NODE_ID, data_dir=tmp_path / "node", database_url=url)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield Node(client=client, settings=settings)
+
+
+@pytest.fixture
+def node(database_url: str, tmp_path: Path) -> Iterator[Node]:
+    """A node on each store (SQLite and PostgreSQL)."""
+    yield from _node(database_url, tmp_path)
+
+
+@pytest.fixture
+def sqlite_node(sqlite_url: str, tmp_path: Path) -> Iterator[Node]:
+    """A node on SQLite only, for HTTP-edge behaviour that the store does not change."""
+    yield from _node(sqlite_url, tmp_path)
+
+
+def assert_problem(
+    resp: httpx.Response, status: int, *, field: str | None = None, slug: str | None = None
+) -> dict[str, Any]:
+    """The response is RFC 9457 problem+json with ``status``, naming ``field`` if given."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json"), resp.headers
+    body = resp.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"] and body["type"].startswith("https://")
+    if slug:
+        assert body["type"].endswith("/" + slug), body
+    if field:
+        fields = [e["field"] for e in body.get("errors", [])]
+        assert field in fields, f"{field!r} not named in {fields}: {body}"
+    assert "Traceback" not in resp.text
+    return body
