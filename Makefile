@@ -1,0 +1,51 @@
+# Yunnao: the two commands are `make run` and `make test`; the rest are helpers.
+#   make run    create .venv if missing, install the pinned deps, serve a node on
+#               embedded defaults (SQLite + keys under ./var, http://127.0.0.1:8000)
+#   make test   install the test deps and test servers (PostgreSQL from Debian when
+#               absent), then lint and run the whole suite, real-server tests included
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: run test lint pytest deps test-deps test-servers bench clean help
+.DEFAULT_GOAL := help
+
+help:
+	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps re-run the install whenever the pins or the project metadata change.
+$(VENV)/.deps: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	@touch $@
+
+$(VENV)/.test-deps: $(VENV)/.deps
+	$(PIP) -e '.[test]'
+	@touch $@
+
+deps: $(VENV)/.deps
+test-deps: $(VENV)/.test-deps
+
+test-servers:
+	@tests/realservers/install.sh
+
+run: deps
+	$(BIN)/yunnao serve $(ARGS)
+
+lint: test-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+pytest: test-deps test-servers
+	$(BIN)/pytest $(ARGS)
+
+test: lint pytest
+
+bench: test-deps test-servers
+	$(BIN)/python bench/search.py $(ARGS)
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache bench/results

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the real servers the test suite starts (run by `make test`; idempotent).
+# Only Debian packages that are missing are installed; Python-side servers come from
+# the test extra in pyproject.toml.
+set -euo pipefail
+
+need=()
+if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  need+=(postgresql)
+fi
+
+if ((${#need[@]})); then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  echo "installing test servers from Debian: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
