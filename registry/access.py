@@ -8,17 +8,15 @@
 - Writes need an ``admin`` or ``author`` token scoped to the namespace (a scope
   covers itself and every namespace under it).
 
-The same rules exist twice, as SQL conditions for search and as a Python predicate
-for single reads; they sit side by side here so they change together. The richer
-policy (roles per node, per-capability ACLs, grants) comes with the identity issue.
+The rules live once, in :func:`discoverable`: single reads call it for their row, and
+search evaluates it once per combination of (classification, status, in scope,
+writable) to mask the whole catalog at once (:mod:`~yunnao.registry.facets`). The
+richer policy (roles per node, per-capability ACLs, grants) comes with the identity issue.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import sqlalchemy as sa
-from sqlmodel import col
 
 from yunnao.plugins.errors import Forbidden, Unauthorized
 
@@ -50,36 +48,35 @@ class Identity:
 ANONYMOUS = Identity()
 
 
-def _scope_condition(scopes: tuple[str, ...]) -> sa.ColumnElement[bool]:
-    ns = col(CapabilityRow.namespace)
-    return sa.or_(sa.false(), *[sa.or_(ns == s, ns.startswith(s + ".")) for s in scopes])
-
-
-def visibility(identity: Identity) -> list[sa.ColumnElement[bool]]:
-    """SQL conditions limiting capability rows to those ``identity`` may discover."""
-    cls = col(CapabilityRow.classification)
-    listed = col(CapabilityRow.status).in_(LISTED_STATUSES)
+def discoverable(
+    identity: Identity, *, classification: str, status: str, scoped: bool, writable: bool
+) -> bool:
+    """May ``identity`` discover a live capability with this classification and status?
+    ``scoped``: its namespace is inside one of the identity's scopes; ``writable``: the
+    identity may write that namespace (:meth:`Identity.writes`)."""
+    listed = status in LISTED_STATUSES
     if not identity.authenticated:
-        return [cls == "public", listed]
-    owned = _scope_condition(identity.scopes) if identity.role in WRITER_ROLES else sa.false()
-    scoped = _scope_condition(identity.scopes)
-    return [
-        sa.or_(cls.in_(("public", "internal")), sa.and_(cls == "restricted", scoped)),
-        sa.or_(listed, owned),
-    ]
+        return classification == "public" and listed
+    if classification == "restricted" and not scoped:
+        return False
+    return listed or writable
+
+
+def in_scopes(identity: Identity, namespace: str) -> bool:
+    return any(in_scope(namespace, s) for s in identity.scopes)
 
 
 def may_discover(identity: Identity, row: CapabilityRow) -> bool:
-    """The Python twin of :func:`visibility`, for reads of one capability."""
+    """:func:`discoverable` for one capability row (tombstones are never discoverable)."""
     if row.deleted_at is not None:
         return False
-    listed = row.status in LISTED_STATUSES
-    if not identity.authenticated:
-        return row.classification == "public" and listed
-    scoped = any(in_scope(row.namespace, s) for s in identity.scopes)
-    if row.classification == "restricted" and not scoped:
-        return False
-    return listed or identity.writes(row.namespace)
+    return discoverable(
+        identity,
+        classification=row.classification,
+        status=row.status,
+        scoped=in_scopes(identity, row.namespace),
+        writable=identity.writes(row.namespace),
+    )
 
 
 def require_writer(identity: Identity, namespace: str) -> None:

@@ -10,15 +10,16 @@ segmentation dictionary. The last latin word of a query also matches as a prefix
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col, select
 
-from .tables import CapabilityRow, CapabilityTag
+from .access import Identity
+from .facets import FACETS, FacetIndex
+from .tables import CapabilityRow
 
 _CJK = (
     "\u3040-\u30ff"  # kana
@@ -28,19 +29,7 @@ _CJK = (
 _TOKEN = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+")
 _IS_CJK = re.compile(rf"[{_CJK}]")
 
-# Facet name -> capability column; "tag" is counted through capability_tag.
-FACET_COLUMNS: dict[str, Any] = {
-    "domain": CapabilityRow.domain,
-    "node": CapabilityRow.origin_node,
-    "namespace": CapabilityRow.namespace,
-    "runtime": CapabilityRow.runtime,
-    "classification": CapabilityRow.classification,
-    "status": CapabilityRow.status,
-    "kind": CapabilityRow.kind,
-}
-FACETS: tuple[str, ...] = (*FACET_COLUMNS, "tag")
 SORTS = ("relevance", "name", "-name", "updated", "-updated")
-TAG_FACET_LIMIT = 30
 
 _FTS_WEIGHTS = (10.0, 6.0, 3.0, 4.0, 1.0)  # name, title, summary, tags, description
 
@@ -173,113 +162,65 @@ class SearchResult:
     facets: dict[str, dict[str, int]]
 
 
-def _match(session: Session, terms: Sequence[Term]) -> tuple[Any, Any] | None:
-    """(subquery of matching ids with a rank, rank ordering) or None for no text query."""
-    if not terms:
-        return None
-    if session.get_bind().dialect.name == "sqlite":
+def match(
+    conn: sa.Connection, terms: Sequence[Term], *, ranked: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of the capabilities matching every term, with scores (lower ranks first;
+    all zero unless ``ranked``: scoring every match is the costly part)."""
+    if conn.dialect.name == "sqlite":
         weights = ", ".join(str(w) for w in _FTS_WEIGHTS)
-        sub = (
-            sa.select(
-                sa.literal_column("rowid").label("cid"),
-                sa.literal_column(f"bm25(capability_fts, {weights})").label("rank"),
-            )
-            .select_from(sa.table("capability_fts"))
-            .where(sa.literal_column("capability_fts").op("MATCH")(_fts5_query(terms)))
-            .subquery("m")
+        score = f"bm25(capability_fts, {weights})" if ranked else "0.0"
+        sql = f"SELECT rowid, {score} FROM capability_fts WHERE capability_fts MATCH ?"
+        params: tuple[str, ...] = (_fts5_query(terms),)
+    else:
+        score = "-ts_rank_cd(document, q)" if ranked else "0.0"
+        sql = (
+            f"SELECT capability_id, {score} FROM capability_search, "
+            "to_tsquery('simple'::regconfig, %s) AS q WHERE document @@ q"
         )
-        return sub, sub.c.rank.asc()  # bm25: lower is better
-    doc = sa.column("document", postgresql.TSVECTOR)
-    tsq = sa.func.to_tsquery(
-        sa.literal_column("'simple'::regconfig"), sa.cast(_tsquery(terms), sa.Text)
-    )
-    sub = (
-        sa.select(
-            sa.column("capability_id").label("cid"),
-            sa.func.ts_rank_cd(doc, tsq).label("rank"),
-        )
-        .select_from(sa.table("capability_search"))
-        .where(doc.op("@@")(tsq))
-        .subquery("m")
-    )
-    return sub, sub.c.rank.desc()
-
-
-def _conditions(
-    filters: dict[str, list[str]], skip: str | None = None
-) -> list[sa.ColumnElement[bool]]:
-    conds: list[sa.ColumnElement[bool]] = []
-    for facet, values in filters.items():
-        if facet == skip or not values:
-            continue
-        if facet == "tag":
-            for tag in values:
-                conds.append(
-                    sa.exists().where(
-                        CapabilityTag.capability_id == CapabilityRow.id, CapabilityTag.tag == tag
-                    )
-                )
-        else:
-            conds.append(FACET_COLUMNS[facet].in_(values))
-    return conds
+        params = (_tsquery(terms),)
+    # Straight from the driver's cursor: wrapping thousands of result rows in
+    # SQLAlchemy rows would cost more than the full-text query itself.
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    if not rows:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    table = np.asarray(rows, dtype=np.float64)
+    ids, scores = table[:, 0].astype(np.int64), table[:, 1]
+    order = np.argsort(ids, kind="stable")
+    return ids[order], scores[order]
 
 
 def search(
-    session: Session, query: SearchQuery, visibility: Iterable[sa.ColumnElement[bool]]
+    session: Session, index: FacetIndex, query: SearchQuery, identity: Identity
 ) -> SearchResult:
-    """Run ``query`` over live capabilities the caller may see (``visibility`` conditions)."""
-    base_conds = [col(CapabilityRow.deleted_at).is_(None), *visibility]
-    match = _match(session, parse_query(query.q))
-
-    def scoped(stmt: Any) -> Any:
-        if match is not None:
-            stmt = stmt.join(match[0], match[0].c.cid == CapabilityRow.id)
-        return stmt
-
-    conds = base_conds + _conditions(query.filters)
-    total = session.execute(
-        scoped(sa.select(sa.func.count()).select_from(CapabilityRow)).where(*conds)
-    ).scalar_one()
-
-    stmt = scoped(select(CapabilityRow)).where(*conds)
-    sort = query.sort or ("relevance" if match is not None else "-updated")
-    if sort == "relevance" and match is not None:
-        stmt = stmt.order_by(match[1], CapabilityRow.id)
-    elif sort in ("name", "-name"):
-        order = [CapabilityRow.name, CapabilityRow.namespace]
-        stmt = stmt.order_by(*[(c.desc() if sort[0] == "-" else c.asc()) for c in order])
-    else:
-        updated = CapabilityRow.updated_at
-        descending = sort != "updated"
-        stmt = stmt.order_by(
-            updated.desc() if descending else updated.asc(),
-            CapabilityRow.id.desc() if descending else CapabilityRow.id.asc(),
-        )
-    stmt = stmt.limit(query.per_page).offset((query.page - 1) * query.per_page)
-    rows = list(session.exec(stmt).all())
-
-    facets: dict[str, dict[str, int]] = {}
-    for facet in query.facets:
-        fconds = base_conds + _conditions(query.filters, skip=facet)
-        if facet == "tag":
-            fstmt = (
-                scoped(
-                    sa.select(CapabilityTag.tag, sa.func.count())
-                    .select_from(CapabilityRow)
-                    .join(CapabilityTag, CapabilityTag.capability_id == CapabilityRow.id)
-                )
-                .where(*fconds)
-                .group_by(CapabilityTag.tag)
-                .order_by(sa.func.count().desc(), CapabilityTag.tag)
-                .limit(TAG_FACET_LIMIT)
-            )
-        else:
-            column = FACET_COLUMNS[facet]
-            fstmt = (
-                scoped(sa.select(column, sa.func.count()).select_from(CapabilityRow))
-                .where(*fconds, column.is_not(None))
-                .group_by(column)
-                .order_by(sa.func.count().desc(), column)
-            )
-        facets[facet] = {value: count for value, count in session.execute(fstmt).all()}
-    return SearchResult(rows=rows, total=total, facets=facets)
+    """Run ``query`` over the live capabilities ``identity`` may discover: full text in
+    the database's index, filters, facet counts, sorting and paging in the facet index."""
+    conn = session.connection()
+    snap = index.current(conn)
+    terms = parse_query(query.q)
+    sort = query.sort or ("relevance" if terms else "-updated")
+    found = match(conn, terms, ranked=sort == "relevance") if terms else None
+    hits = index.query(
+        snap,
+        identity,
+        filters=query.filters,
+        match=found,
+        sort=sort,
+        offset=(query.page - 1) * query.per_page,
+        limit=query.per_page,
+        facets=query.facets,
+    )
+    rows: list[CapabilityRow] = []
+    if hits.ids:
+        by_id = {
+            r.id: r
+            for r in session.exec(select(CapabilityRow).where(col(CapabilityRow.id).in_(hits.ids)))
+        }
+        # A row deleted since the index was read is left out of this page.
+        rows = [by_id[i] for i in hits.ids if i in by_id and by_id[i].deleted_at is None]
+    return SearchResult(rows=rows, total=hits.total, facets=hits.facets)

@@ -18,8 +18,9 @@ from sqlmodel import Session, col, select
 from yunnao.plugins.errors import Conflict, FieldError, Forbidden, NotFound, PreconditionFailed
 
 from . import lifecycle, names, schemas, search
-from .access import Identity, may_discover, visibility
+from .access import Identity, may_discover
 from .db import read_session, write_session
+from .facets import FacetIndex
 from .hashing import content_hash
 from .tables import (
     CapabilityRow,
@@ -74,6 +75,7 @@ class RegistryStore:
     def __init__(self, engine: sa.Engine, node_id: str) -> None:
         self.engine = engine
         self.node_id = node_id
+        self.facet_index = FacetIndex()
 
     # ------------------------------------------------------------ node
 
@@ -116,12 +118,17 @@ class RegistryStore:
 
     def search(self, identity: Identity, query: search.SearchQuery) -> Page:
         with read_session(self.engine) as s:
-            result = search.search(s, query, visibility(identity))
+            result = search.search(s, self.facet_index, query, identity)
             return Page(
                 items=[self._summary_out(r) for r in result.rows],
                 total=result.total,
                 facets=result.facets,
             )
+
+    def warm(self) -> None:
+        """Load the facet index now rather than on the first search."""
+        with read_session(self.engine) as s:
+            self.facet_index.current(s.connection())
 
     def changes(self, since: int = 0, limit: int = 100) -> list[Change]:
         """The change log after ``since``, oldest first."""

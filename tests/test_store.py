@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -9,17 +10,17 @@ import sqlalchemy as sa
 
 from yunnao.app import SchemaOutOfDate, create_app
 from yunnao.plugins.errors import Conflict
-from yunnao.registry import db, migrate, schemas
-from yunnao.registry.access import ANONYMOUS
+from yunnao.registry import db, facets, lifecycle, migrate, schemas
+from yunnao.registry.access import ANONYMOUS, Identity
 from yunnao.registry.search import SearchQuery
 from yunnao.registry.store import RegistryStore
 from yunnao.settings import Settings
 
 
 def spec(version: str = "1.0.0", **fields) -> schemas.PublishRequest:
-    return schemas.PublishRequest(
-        version=version, title=fields.pop("title", "t"), classification="public", **fields
-    )
+    fields.setdefault("title", "t")
+    fields.setdefault("classification", "public")
+    return schemas.PublishRequest(version=version, **fields)
 
 
 @pytest.fixture
@@ -97,3 +98,92 @@ def test_node_refuses_an_unmigrated_postgres_store(postgres, tmp_path) -> None:
             create_app(settings)
     finally:
         postgres.drop_database("empty_store")
+
+
+QUERIES = [
+    SearchQuery(per_page=100),
+    SearchQuery(q="air", per_page=100),
+    SearchQuery(filters={"domain": ["livelihood"], "tag": ["iot"]}, per_page=100),
+    SearchQuery(filters={"classification": ["internal", "restricted"]}, sort="name"),
+    SearchQuery(sort="-updated", page=2, per_page=3),
+]
+
+
+def answers(store: RegistryStore, identity) -> list:
+    out = []
+    for query in QUERIES:
+        page = store.search(identity, query)
+        out.append(([item.id for item in page.items], page.total, page.facets))
+    return out
+
+
+@pytest.mark.parametrize("max_delta", [20_000, 1], ids=["incremental", "rebuild"])
+def test_search_index_catches_up_with_writes_from_another_process(
+    database_url: str, max_delta: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway's warm search index must answer exactly like a cold one after any write
+    made through another gateway (another engine on the same database)."""
+    monkeypatch.setattr(facets, "_MAX_DELTA_KEYS", max_delta)
+    engine, other_engine = db.create_engine(database_url), db.create_engine(database_url)
+    writer, reader = RegistryStore(engine, "sd.qd"), RegistryStore(other_engine, "sd.qd")
+    author = Identity(subject="w", role="author", scopes=("sd.qd.env",))
+    viewers = [ANONYMOUS, author]
+    rnd = random.Random(7)
+    live: dict[str, list[str]] = {}  # "ns/name" -> versions
+    gone: list[str] = []
+    seen_totals = set()
+    try:
+        for step in range(60):
+            action = rnd.choice(["new", "new", "version", "patch", "move", "delete", "revive"])
+            if action == "new" or not live:
+                key = f"sd.qd.{rnd.choice(['env', 'traffic'])}/cap-{step}"
+                action = "new"
+            else:
+                key = rnd.choice(sorted(live))
+            ns, name = key.split("/")
+            fields = dict(
+                title=f"{rnd.choice(['air', 'water', 'noise'])} monitor {step}",
+                domain=rnd.choice(["livelihood", "governance"]),
+                tags=rnd.sample(["iot", "gis", "vision"], rnd.randint(0, 2)),
+                classification=rnd.choice(["public", "internal", "restricted"]),
+                status=rnd.choice(["draft", "published"]),
+            )
+            if action == "new":
+                writer.publish(ns, name, spec(**fields))
+                live[key] = ["1.0.0"]
+            elif action == "version":
+                live[key].append(f"1.{len(live[key])}.0")
+                writer.publish(ns, name, spec(live[key][-1], **fields))
+            elif action == "patch":
+                patch = {k: fields[k] for k in ("domain", "tags", "classification")}
+                writer.update_metadata(ns, name, schemas.MetaPatch(**patch))
+            elif action == "move":
+                version = rnd.choice(live[key])
+                current = writer.get_version(author if "env" in ns else admin(), ns, name, version)
+                targets = sorted(lifecycle.ALLOWED[current[0].status])
+                if targets:
+                    writer.transition(ns, name, version, rnd.choice(targets))
+            elif action == "delete":
+                writer.delete(ns, name)
+                del live[key]
+                gone.append(key)
+            elif action == "revive" and gone:
+                key = gone.pop()
+                ns, name = key.split("/")
+                writer.publish(ns, name, spec(**fields))
+                live[key] = ["1.0.0"]
+            for viewer in viewers:
+                warm = answers(reader, viewer)
+                cold = answers(RegistryStore(other_engine, "sd.qd"), viewer)
+                assert warm == cold, f"step {step} ({action} {key})"
+                seen_totals.add(warm[0][1])
+        for key in gone:
+            assert all(key not in ids for ids, _, _ in answers(reader, author))
+        assert len(seen_totals) > 5  # the catalog really changed under the reader
+    finally:
+        engine.dispose()
+        other_engine.dispose()
+
+
+def admin() -> Identity:
+    return Identity(subject="a", role="admin", scopes=("sd.qd",))

@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(store.warm)  # the first search should not pay for it
         yield
         engine.dispose()
 
