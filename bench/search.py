@@ -137,6 +137,11 @@ def bench_store(name: str, url: str, workdir: Path, count: int, runs: int) -> St
     store = RegistryStore(engine, NODE)
     console.print(f"[bold]{name}[/]: loading {count:,} capabilities")
     rate = load(store, count)
+    if engine.dialect.name == "postgresql":
+        # What autovacuum would do shortly after a bulk load: without statistics the
+        # planner may scan the whole search table instead of using its GIN index.
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
     fresh = RegistryStore(engine, NODE)  # as a node starting on this store
     index_ms = timed(fresh.warm)
 
@@ -233,8 +238,11 @@ def report(results: list[StoreResult], count: int, runs: int) -> str:
             f"### {r.name}",
             "",
             f"- load: **{r.load_rate:,.0f} capabilities/s** (publish in batches of {BATCH}, "
-            "each entry a capability, a version, tags, index entry and two change-log rows)",
-            f"- facet index built on first use: {ms(r.index_ms)} ms",
+            "each entry a capability, a version, tags, index entry and two change-log rows"
+            + (
+                ")" if r.name == "SQLite" else "; then `ANALYZE`, as autovacuum would after a load)"
+            ),
+            f"- facet index built when the node starts: {ms(r.index_ms)} ms",
             "",
             "| query | caller | matches | p50 | p95 | p99 | × base |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
