@@ -1,25 +1,27 @@
 # Yunnao: the two commands are `make run` and `make test`; the rest are helpers.
-#   make run    create .venv if missing, install the pinned deps, serve a node on
-#               embedded defaults (SQLite + keys under ./var, http://127.0.0.1:8000)
+#   make run    create .venv if missing, install the pinned deps and the example
+#               plugins, serve a node on embedded defaults (SQLite, MLflow and keys
+#               under ./var, http://127.0.0.1:8000)
 #   make test   install the test deps and test servers (PostgreSQL from Debian when
 #               absent), then lint and run the whole suite, real-server tests included
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+EXAMPLES := $(wildcard examples/*/pyproject.toml)
 
 .PHONY: run test lint pytest deps test-deps test-servers bench clean help
 .DEFAULT_GOAL := help
 
 help:
-	@sed -n '1,5p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,6p' Makefile | sed 's/^# \{0,1\}//'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Stamps re-run the install whenever the pins or the project metadata change.
-$(VENV)/.deps: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e .
+$(VENV)/.deps: $(BIN)/python pyproject.toml constraints.txt $(EXAMPLES)
+	$(PIP) -e . $(foreach e,$(EXAMPLES),-e $(dir $(e)))
 	@touch $@
 
 $(VENV)/.test-deps: $(VENV)/.deps

@@ -1,5 +1,11 @@
-"""Yunnao's SDK for capability authors: errors shared by every layer, hook specs and the
-``capability`` decorator (the latter two arrive with the plugin SDK).
+"""Yunnao's SDK for capability authors: the ``capability`` decorator, tensor types, the
+hook specifications and plugin loading, and the error hierarchy every layer shares.
 
 This package depends on pluggy and pydantic only, so authors install a light SDK.
 """
+
+from .capability import Capability, Invocation, SpecError, capability
+from .hookspecs import hookimpl
+from .tensor import Tensor
+
+__all__ = ["Capability", "Invocation", "SpecError", "Tensor", "capability", "hookimpl"]

@@ -6,8 +6,8 @@ describes it in the OpenAPI document (:mod:`~yunnao.registry.openapi`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
@@ -16,12 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from yunnao.plugins.errors import FieldError, ValidationFailed
+from yunnao.plugins.capability import Capability
+from yunnao.plugins.errors import FieldError, NotFound, Unavailable, ValidationFailed
 
 from . import names, schemas, search
 from .access import require_writer
 from .auth import identity_of
 from .http import json_response, not_modified, parse_query, read_model
+from .publishing import Publisher
 from .store import RegistryStore
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -29,10 +31,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @dataclass(frozen=True)
 class Catalog:
-    """What the routes need from the node: its store and its request limits."""
+    """What the routes need from the node: its store, its publisher (plugins loaded at
+    the node and MLflow) and its request limits."""
 
     store: RegistryStore
     max_body_bytes: int = 1 << 20
+    publisher: Publisher | None = None
+    capabilities: Mapping[str, Capability] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,38 @@ async def publish_version(request: Request) -> Response:
     return json_response(version, status=201, Location=location)
 
 
+async def publish_plugin(request: Request) -> Response:
+    catalog = _catalog(request)
+    body = await read_model(request, schemas.PluginPublishRequest, catalog.max_body_bytes)
+    if catalog.publisher is None:
+        raise Unavailable("this node has no model store configured for publishing")
+    cap = catalog.capabilities.get(body.capability)
+    if cap is None:
+        loaded = ", ".join(sorted(catalog.capabilities)) or "none"
+        raise NotFound(
+            f"no capability {body.capability!r} among the plugins loaded at this node "
+            f"(loaded: {loaded})"
+        )
+    namespace = body.namespace or catalog.publisher.default_namespace(cap)
+    if namespace is None:
+        raise ValidationFailed(
+            f"plugin {cap.plugin!r} names no department: give a namespace",
+            errors=[FieldError("namespace", "required for this plugin")],
+        )
+    _check_new_address(namespace, cap.name)
+    require_writer(identity_of(request), namespace)
+    published = await _run(
+        catalog.publisher.publish,
+        cap,
+        namespace=namespace,
+        status=body.status,
+        aliases=body.aliases,
+    )
+    version = published.version
+    location = f"/v1/capabilities/{namespace}/{cap.name}/versions/{version.version}"
+    return json_response(version, status=201, Location=location)
+
+
 async def update_capability(request: Request) -> Response:
     namespace, name = _path(request)
     require_writer(identity_of(request), namespace)
@@ -227,6 +264,23 @@ async def delete_capability(request: Request) -> Response:
 
 CAP = "/v1/capabilities/{namespace}/{name}"
 ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/v1/publish",
+        publish_plugin,
+        "publishPlugin",
+        "Publish a capability of a plugin loaded at this node (through MLflow)",
+        body=schemas.PluginPublishRequest,
+        response=schemas.Version,
+        status=201,
+        errors=(400, 401, 403, 404, 409, 413, 415, 422, 502, 503),
+        auth="required",
+        tag="publishing",
+        description="Validates the capability, logs it to MLflow as a pyfunc model, "
+        "registers it as a version of `namespace.name` with the given aliases, and records "
+        "the registry entry pointing at `models:/namespace.name/N`. A failure at any step "
+        "removes what earlier steps made.",
+    ),
     Endpoint(
         "GET",
         "/v1/capabilities",

@@ -26,6 +26,7 @@ _STATUS_TEXT = {
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Validation failed",
+    502: "Model store error",
     503: "Unavailable",
 }
 _REF = "#/components/schemas/{model}"

@@ -134,6 +134,22 @@ class PublishRequest(CapabilityMeta, VersionSpec):
     status: Literal["draft", "published"] = "published"
 
 
+class PluginPublishRequest(Strict):
+    """Body of ``POST /v1/publish``: publish a capability of a plugin loaded at the node."""
+
+    capability: Annotated[str, StringConstraints(max_length=64)] = Field(
+        description="the capability's name in its plugin"
+    )
+    namespace: Annotated[str, StringConstraints(max_length=370)] | None = Field(
+        None, description="default: <node>.<plugin name>"
+    )
+    status: Literal["draft", "published"] = "published"
+    aliases: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]],
+        Field(max_length=8),
+    ] = Field(default_factory=lambda: ["production"], description="MLflow aliases to set")
+
+
 class TransitionRequest(Strict):
     status: Status
 

@@ -116,6 +116,15 @@ class RegistryStore:
             vrow = self._version_row(s, row, version)
             return self._version_out(row, vrow), version_etag(vrow)
 
+    def version_numbers(self, namespace: str, name: str) -> list[str]:
+        """The version numbers of a live capability, newest first ([] if there is none).
+        No access check: for the node's own publishing path."""
+        with read_session(self.engine) as s:
+            row = self._find(s, namespace, name)
+            if row is None or row.deleted_at is not None:
+                return []
+            return self._version_numbers(s, row)
+
     def search(self, identity: Identity, query: search.SearchQuery) -> Page:
         with read_session(self.engine) as s:
             result = search.search(s, self.facet_index, query, identity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,13 +17,36 @@ from starlette.routing import Route
 
 from yunnao import __version__
 from yunnao.plugins.errors import Unavailable
+from yunnao.plugins.loader import Plugins
 from yunnao.registry import api, db, migrate, openapi, tokens
 from yunnao.registry.auth import AuthMiddleware
 from yunnao.registry.problems import EXCEPTION_HANDLERS
+from yunnao.registry.publishing import Publisher
 from yunnao.registry.schemas import Health
 from yunnao.registry.store import RegistryStore
 
 from .settings import Settings
+
+log = logging.getLogger("yunnao.node")
+
+
+def model_store(settings: Settings) -> Any:
+    """The node's MLflow: a configured tracking server, or the embedded one."""
+    from yunnao.registry.models import ModelStore
+
+    if settings.mlflow_tracking_uri:
+        return ModelStore(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
+    return ModelStore.embedded(settings.data_dir)
+
+
+def load_plugins(settings: Settings) -> Plugins:
+    """The installed plugins; each one that fails is logged with its cause and left out."""
+    plugins = Plugins()
+    if settings.plugins:
+        plugins.load_entry_points()
+    for problem in plugins.problems:
+        log.warning("%s", problem)
+    return plugins
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -47,8 +71,9 @@ def prepare_store(settings: Settings) -> sa.Engine:
     return engine
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, plugins: Plugins | None = None) -> Starlette:
     settings = settings or Settings()
+    plugins = plugins if plugins is not None else load_plugins(settings)
     engine = prepare_store(settings)
     key = tokens.load_or_create_key(settings.key_path)
     public_key = key.public_key()
@@ -128,6 +153,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
-    app.state.catalog = api.Catalog(store=store, max_body_bytes=settings.max_body_bytes)
+    app.state.catalog = api.Catalog(
+        store=store,
+        max_body_bytes=settings.max_body_bytes,
+        publisher=Publisher(store, model_store(settings)),
+        capabilities=plugins.capabilities,
+    )
+    app.state.plugins = plugins
     app.state.settings = settings
     return app

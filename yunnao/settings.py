@@ -21,6 +21,15 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/registry.db"
     )
     key_file: Path | None = Field(None, description="node key; default <data_dir>/node_key.pem")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking server (http://...) or database URI; default: MLflow on "
+        "SQLite with local artifacts under <data_dir>/mlflow",
+    )
+    mlflow_registry_uri: str | None = Field(
+        None, description="MLflow model registry URI, if not the tracking URI"
+    )
+    plugins: bool = Field(True, description="load the plugins installed in the `yunnao` group")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")

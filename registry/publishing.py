@@ -1,0 +1,112 @@
+"""Publishing a plugin's capability: checks, MLflow, then the registry — all or nothing.
+
+The order is chosen so that a mistake costs nothing: everything that can be checked
+without side effects is checked first (address, ownership, a free version number);
+then the model is logged and registered in MLflow; the registry entry, pointing at
+``models:/namespace.name/N``, is written last, in one transaction. If any step after
+MLflow fails — the alias, the registry write (say, a concurrent publish took the
+version) — the MLflow version, its run and its artifacts are removed again, so
+neither a half entry nor an orphan model version remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from yunnao.plugins.capability import Capability
+from yunnao.plugins.errors import Conflict, FieldError, Forbidden, ValidationFailed
+
+from . import names, schemas
+from .models import ModelStore
+from .store import RegistryStore
+
+Step = Callable[[str], None]
+
+STEPS = (
+    "checking the capability",
+    "logging the model to MLflow",
+    "setting aliases",
+    "recording the registry entry",
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    version: schemas.Version
+    model_uri: str
+    aliases: tuple[str, ...]
+
+
+class Publisher:
+    """Publishes capabilities of loaded plugins into one node's registry and MLflow."""
+
+    def __init__(self, store: RegistryStore, models: ModelStore) -> None:
+        self.store = store
+        self.models = models
+
+    def default_namespace(self, cap: Capability) -> str | None:
+        """``<node>.<plugin>`` when the plugin's name is a valid department segment
+        (entry-point names are chosen that way), else None."""
+        if cap.plugin and names.is_namespace(f"{self.store.node_id}.{cap.plugin}"):
+            return f"{self.store.node_id}.{cap.plugin}"
+        return None
+
+    def check(self, cap: Capability, namespace: str) -> None:
+        """Everything that can fail without side effects."""
+        cap.check_artifacts()
+        if not names.is_namespace(namespace):
+            raise ValidationFailed(
+                f"invalid namespace {namespace!r}: {names.NAMESPACE_RULE}",
+                errors=[FieldError("namespace", names.NAMESPACE_RULE)],
+            )
+        owner = names.namespace_node(namespace)
+        if owner != self.store.node_id:
+            raise Forbidden(
+                f"namespace {namespace!r} belongs to node {owner!r}; this node is "
+                f"{self.store.node_id!r} and publishes only into its own namespaces"
+            )
+        if cap.version in self.store.version_numbers(namespace, cap.name):
+            raise Conflict(
+                f"{namespace}/{cap.name}@{cap.version} already exists; versions are immutable, "
+                "raise the version in the @capability decorator",
+                errors=[FieldError("version", f"{cap.version} is already taken")],
+            )
+
+    def publish(
+        self,
+        cap: Capability,
+        *,
+        namespace: str,
+        status: str = "published",
+        aliases: Sequence[str] = ("production",),
+        step: Step | None = None,
+    ) -> Published:
+        step = step or (lambda _: None)
+        step(STEPS[0])
+        self.check(cap, namespace)
+        spec = schemas.PublishRequest(
+            **cap.metadata(),
+            version=cap.version,
+            status=status,  # type: ignore[arg-type]
+        )
+        step(STEPS[1])
+        logged = self.models.log(
+            cap, namespace=namespace, node=self.store.node_id, version=cap.version
+        )
+        try:
+            step(STEPS[2])
+            for alias in aliases:
+                self.models.set_alias(logged, alias)
+            step(STEPS[3])
+            version = self.store.publish(
+                namespace,
+                cap.name,
+                spec.model_copy(
+                    update={"model_uri": logged.model_uri, "artifact_uri": logged.source}
+                ),
+            )
+        except BaseException:
+            self.models.undo(logged)
+            raise
+        return Published(version, logged.model_uri, tuple(aliases))
