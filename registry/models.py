@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as md
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -44,6 +45,11 @@ def _pyfunc() -> Any:
 
 
 EXPERIMENT = "yunnao-capabilities"
+_MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
+}
 MODEL_DIR = "model"
 
 
@@ -97,6 +103,12 @@ class ModelStore:
     """One MLflow tracking server / registry, through its client (no global state)."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
+        # MLflow's HTTP client retries a failing request for about four minutes by
+        # default (for hosted backends that rate-limit). A publish should rather fail in
+        # well under a minute, say why, and be retried by its author; operators can still
+        # set these variables themselves.
+        for var, value in _MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(var, value)
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self._client: Any = None

@@ -18,11 +18,18 @@ NODE_ID_RE = re.compile(rf"^{SEGMENT}(?:\.{SEGMENT}){{0,7}}$")
 NAMESPACE_RE = re.compile(rf"^{SEGMENT}(?:\.{SEGMENT}){{0,8}}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 TAG_RE = re.compile(r"^[\w][\w.+-]{0,47}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+# MLflow keeps these alias names for itself ("latest", and v<N> for version N).
+RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$")
 
 NODE_ID_RULE = "a dotted path of 1-8 segments, each [a-z][a-z0-9-]{0,39}"
 NAMESPACE_RULE = "the owning node id followed by one department segment [a-z][a-z0-9-]{0,39}"
 NAME_RULE = "lowercase letters, digits, '_' or '-', starting with a letter, at most 64"
 TAG_RULE = "letters (any script), digits, '_', '.', '+' or '-', at most 48"
+ALIAS_RULE = (
+    "lowercase letters, digits, '_' or '-', starting with a letter, at most 64; "
+    "not 'latest' or v<number> (MLflow reserves them)"
+)
 
 
 def is_node_id(value: str) -> bool:
@@ -39,6 +46,10 @@ def is_name(value: str) -> bool:
 
 def is_tag(value: str) -> bool:
     return bool(TAG_RE.match(value))
+
+
+def is_alias(value: str) -> bool:
+    return bool(ALIAS_RE.match(value)) and not RESERVED_ALIAS_RE.match(value)
 
 
 def namespace_node(namespace: str) -> str:

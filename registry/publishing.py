@@ -52,9 +52,15 @@ class Publisher:
             return f"{self.store.node_id}.{cap.plugin}"
         return None
 
-    def check(self, cap: Capability, namespace: str) -> None:
+    def check(self, cap: Capability, namespace: str, aliases: Sequence[str] = ()) -> None:
         """Everything that can fail without side effects."""
         cap.check_artifacts()
+        bad = [a for a in aliases if not names.is_alias(a)]
+        if bad:
+            raise ValidationFailed(
+                f"invalid alias {bad[0]!r}: {names.ALIAS_RULE}",
+                errors=[FieldError("aliases", f"{a!r}: {names.ALIAS_RULE}") for a in bad],
+            )
         if not names.is_namespace(namespace):
             raise ValidationFailed(
                 f"invalid namespace {namespace!r}: {names.NAMESPACE_RULE}",
@@ -84,7 +90,7 @@ class Publisher:
     ) -> Published:
         step = step or (lambda _: None)
         step(STEPS[0])
-        self.check(cap, namespace)
+        self.check(cap, namespace, aliases)
         spec = schemas.PublishRequest(
             **cap.metadata(),
             version=cap.version,

@@ -134,6 +134,15 @@ class PublishRequest(CapabilityMeta, VersionSpec):
     status: Literal["draft", "published"] = "published"
 
 
+def _alias(value: str) -> str:
+    if not names.is_alias(value):
+        raise ValueError(f"invalid alias {value!r}: {names.ALIAS_RULE}")
+    return value
+
+
+Alias = Annotated[str, AfterValidator(_alias)]
+
+
 class PluginPublishRequest(Strict):
     """Body of ``POST /v1/publish``: publish a capability of a plugin loaded at the node."""
 
@@ -144,10 +153,9 @@ class PluginPublishRequest(Strict):
         None, description="default: <node>.<plugin name>"
     )
     status: Literal["draft", "published"] = "published"
-    aliases: Annotated[
-        list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]],
-        Field(max_length=8),
-    ] = Field(default_factory=lambda: ["production"], description="MLflow aliases to set")
+    aliases: Annotated[list[Alias], Field(max_length=8)] = Field(
+        default_factory=lambda: ["production"], description="MLflow aliases to set"
+    )
 
 
 class TransitionRequest(Strict):

@@ -125,6 +125,10 @@ def main() -> None:
     city and province nodes. Every option can also be set through the environment
     variable shown in its help.
     """
+    # MLflow prints run URLs to stdout (where --json output goes) and installs its own
+    # log handlers; Yunnao reports progress itself.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 
 
 @main.command()
@@ -570,9 +574,7 @@ def publish(
     from yunnao.plugins.errors import YunnaoError
     from yunnao.registry.publishing import STEPS, Publisher
 
-    # The progress display says what happens; MLflow's own INFO lines would only repeat it.
-    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # progress says what happens
 
     from .app import SchemaOutOfDate, model_store, prepare_store
 
