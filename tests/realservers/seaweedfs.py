@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from minio import Minio
 from . import ServerProcess, free_port
 
 ACCESS_KEY, SECRET_KEY = "yunnao-test", "yunnao-test-secret"
+PROBE_BUCKET = "readiness-probe"
 
 
 def _weed() -> str:
@@ -91,7 +93,10 @@ class SeaweedS3(ServerProcess):
             f"-iam.port={free_port()}",
             f"-metricsPort={free_port()}",
             "-master.telemetry=false",
-            "-volume.max=0",
+            # Small volumes, plenty of them: the defaults (30 GB each, as many as the disk
+            # allows) leave none writable for a new bucket after a restart on a full disk.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=64",
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -101,7 +106,11 @@ class SeaweedS3(ServerProcess):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited {self.proc.returncode}:\n{self.output()}")
             try:
-                client.list_buckets()
+                # Ready means writable: after a restart the S3 gateway answers listings
+                # seconds before its volume server takes data again.
+                if not client.bucket_exists(PROBE_BUCKET):
+                    client.make_bucket(PROBE_BUCKET)
+                client.put_object(PROBE_BUCKET, "probe", io.BytesIO(b"ok"), 2)
                 return self
             except Exception:
                 time.sleep(0.3)
