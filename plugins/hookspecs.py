@@ -61,19 +61,22 @@ def yunnao_runtimes() -> dict[str, Any]:
 def yunnao_before_invoke(invocation: Invocation) -> dict[str, Any] | None:
     """Called before a capability runs, with the validated input.
 
-    Return a new input dict to replace it (e.g. to normalise units), or None to leave
-    it. Raise a :class:`~yunnao.plugins.errors.YunnaoError` to refuse the call; the
-    caller receives it as a problem. Implementations run in plugin registration order,
-    each seeing the previous one's result.
+    ``invocation.inputs`` holds the validated keyword arguments. Return a new input
+    dict to replace them (e.g. to normalise units; it is validated again), or None to
+    leave them. Raise a :class:`~yunnao.plugins.errors.YunnaoError` to refuse the call;
+    the caller receives it as a problem. Implementations run in pluggy's call order
+    (the last registered first), each seeing the previous one's result.
     """
 
 
 @hookspec
 def yunnao_after_invoke(invocation: Invocation, output: Any) -> Any | None:
-    """Called after a capability returns, with its validated output.
+    """Called after a capability returns, with its output validated against its type
+    and turned into JSON data.
 
     Return a replacement output (e.g. with sensitive fields masked for callers outside
     the owning department: ``invocation.caller`` says who is calling), or None to leave
-    it. Implementations run in reverse registration order, each seeing the previous
+    it. Implementations run in the opposite order of ``yunnao_before_invoke``, so a
+    plugin's pair nests around those registered before it; each sees the previous
     one's result.
     """

@@ -13,8 +13,8 @@ import importlib
 import importlib.metadata as md
 import importlib.util
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .capability import Capability
+from .capability import Capability, Invocation
 
 GROUP = "yunnao"
 
@@ -69,6 +69,40 @@ class Plugins:
     @property
     def hook(self) -> Any:
         return self.pm.hook
+
+    # ------------------------------------------------------------ invocation
+
+    def invoke(
+        self,
+        cap: Capability,
+        data: Any,
+        *,
+        caller: str | None = None,
+        request_id: str | None = None,
+        artifacts: Mapping[str, Path] | None = None,
+    ) -> Any:
+        """Run ``cap`` on JSON ``data`` with the invocation hooks around it.
+
+        The input is validated; ``yunnao_before_invoke`` implementations may replace it
+        (each replacement is validated again); the capability runs and its output is
+        validated against its type and turned into JSON data; ``yunnao_after_invoke``
+        implementations may replace that (masking, say). Before-hooks run in pluggy's
+        call order (the last registered first), after-hooks in the opposite order, so
+        a plugin's pair nests around the ones registered before it.
+        """
+        inputs = cap.validate_input(data)
+        invocation = Invocation(cap.name, inputs, caller=caller, request_id=request_id)
+        impls = list(reversed(self.pm.hook.yunnao_before_invoke.get_hookimpls()))
+        for impl in impls:
+            replaced = impl.function(invocation=invocation)
+            if replaced is not None:
+                invocation = replace(invocation, inputs=cap.validate_input(replaced))
+        output = cap.dump_output(cap.instantiate(artifacts)(**invocation.inputs))
+        for impl in self.pm.hook.yunnao_after_invoke.get_hookimpls():
+            replaced = impl.function(invocation=invocation, output=output)
+            if replaced is not None:
+                output = replaced
+        return output
 
     # ------------------------------------------------------------ discovery
 

@@ -14,15 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from yunnao.plugins.capability import Capability
 from yunnao.plugins.errors import Conflict, FieldError, Forbidden, ValidationFailed
 
 from . import names, schemas
+from .http import field_errors
 from .models import ModelStore
 from .store import RegistryStore
 
 Step = Callable[[str], None]
 
+DEFAULT_ALIASES = ("production",)
 STEPS = (
     "checking the capability",
     "logging the model to MLflow",
@@ -85,17 +89,29 @@ class Publisher:
         *,
         namespace: str,
         status: str = "published",
-        aliases: Sequence[str] = ("production",),
+        aliases: Sequence[str] | None = None,
         step: Step | None = None,
     ) -> Published:
+        """Publish ``cap`` into ``namespace``. ``aliases`` default to ``production`` for a
+        published version and to none for a draft."""
         step = step or (lambda _: None)
+        if aliases is None:
+            aliases = DEFAULT_ALIASES if status == "published" else ()
         step(STEPS[0])
         self.check(cap, namespace, aliases)
-        spec = schemas.PublishRequest(
-            **cap.metadata(),
-            version=cap.version,
-            status=status,  # type: ignore[arg-type]
-        )
+        try:
+            spec = schemas.PublishRequest(
+                **cap.metadata(),
+                version=cap.version,
+                status=status,  # type: ignore[arg-type]
+            )
+        except ValidationError as exc:
+            errors = field_errors(exc)
+            raise ValidationFailed(
+                f"{cap.name} cannot be published as declared: "
+                + "; ".join(f"{e.field}: {e.message}" for e in errors),
+                errors=errors,
+            ) from None
         step(STEPS[1])
         logged = self.models.log(
             cap, namespace=namespace, node=self.store.node_id, version=cap.version

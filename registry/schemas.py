@@ -153,8 +153,8 @@ class PluginPublishRequest(Strict):
         None, description="default: <node>.<plugin name>"
     )
     status: Literal["draft", "published"] = "published"
-    aliases: Annotated[list[Alias], Field(max_length=8)] = Field(
-        default_factory=lambda: ["production"], description="MLflow aliases to set"
+    aliases: Annotated[list[Alias], Field(max_length=8)] | None = Field(
+        None, description="MLflow aliases to set; default: production for a published version"
     )
 
 

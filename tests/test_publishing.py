@@ -8,15 +8,17 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 from mlflow import MlflowClient
+from pydantic import Field
 from yunnao_example_air import AirAnomaly
 from yunnao_example_traffic import FlowForecast
 from yunnao_example_vision import scene_stats
 
 from tests.conftest import NODE_ID, Node, assert_problem
-from yunnao.plugins.errors import Conflict
+from yunnao.plugins.errors import Conflict, YunnaoError
 from yunnao.registry import db, schemas
 from yunnao.registry.access import ANONYMOUS
 from yunnao.registry.models import ModelStore
@@ -103,14 +105,20 @@ def test_http_publish_of_loaded_plugins(sqlite_node: Node) -> None:
     node, data = sqlite_node, sqlite_node.settings.data_dir
     traffic = node.auth("author", f"{NODE_ID}.traffic")
 
-    resp = node.client.post("/v1/publish", json={"capability": "flow-forecast"}, headers=traffic)
-    assert resp.status_code == 201, resp.text
-    version = resp.json()
-    assert version["model_uri"] == f"models:/{NODE_ID}.traffic.flow-forecast/1"
-    assert resp.headers["location"].endswith("/flow-forecast/versions/1.0.0")
-    shown = node.client.get(f"/v1/capabilities/{NODE_ID}.traffic/flow-forecast/versions/1.0.0")
-    assert shown.json()["input_schema"] == FlowForecast.input_schema
-    assert_reloads_the_same(data, version["model_uri"], FlowForecast)
+    for cap, namespace in EXAMPLES.values():
+        resp = node.client.post(
+            "/v1/publish", json={"capability": cap.name}, headers=node.auth("author", namespace)
+        )
+        assert resp.status_code == 201, resp.text
+        version = resp.json()
+        assert version["model_uri"] == f"models:/{namespace}.{cap.name}/1"
+        assert resp.headers["location"].endswith(f"/{cap.name}/versions/{cap.version}")
+        shown = node.client.get(
+            f"/v1/capabilities/{namespace}/{cap.name}/versions/{cap.version}",
+            headers=node.auth("consumer", NODE_ID),
+        )
+        assert shown.json()["input_schema"] == cap.input_schema
+        assert_reloads_the_same(data, version["model_uri"], cap)
 
     # The same version again: refused before MLflow is touched.
     again = node.client.post("/v1/publish", json={"capability": "flow-forecast"}, headers=traffic)
@@ -118,7 +126,11 @@ def test_http_publish_of_loaded_plugins(sqlite_node: Node) -> None:
     assert len(versions_of(data, f"{NODE_ID}.traffic.flow-forecast")) == 1
 
     # Outside the token's namespace, or into another node's: nothing reaches MLflow.
-    env = node.client.post("/v1/publish", json={"capability": "air-anomaly"}, headers=traffic)
+    env = node.client.post(
+        "/v1/publish",
+        json={"capability": "air-anomaly", "namespace": f"{NODE_ID}.env2"},
+        headers=traffic,
+    )
     assert_problem(env, 403)
     foreign = node.client.post(
         "/v1/publish",
@@ -126,7 +138,7 @@ def test_http_publish_of_loaded_plugins(sqlite_node: Node) -> None:
         headers=node.auth("admin", "sd"),
     )
     assert_problem(foreign, 403)
-    assert versions_of(data, f"{NODE_ID}.env.air-anomaly") == []
+    assert versions_of(data, f"{NODE_ID}.env2.air-anomaly") == []
     assert versions_of(data, "sd.other.urban.scene-stats") == []
 
     unknown = node.client.post("/v1/publish", json={"capability": "nope"}, headers=traffic)
@@ -273,3 +285,79 @@ def test_a_node_starts_with_the_good_plugins_when_others_fail(tmp_path: Path) ->
         assert resp.status_code == 201, resp.text
     finally:
         node.stop()
+
+
+def test_a_published_model_runs_without_its_plugin(tmp_path: Path) -> None:
+    """The model carries its code: it loads in a fresh process where the plugin's
+    source no longer exists and was never installed."""
+    plugin = tmp_path / "src" / "yunnao_tmp_plugin.py"
+    plugin.parent.mkdir()
+    plugin.write_text(
+        textwrap.dedent(
+            """
+            from yunnao.plugins import capability, hookimpl
+
+            @capability(name="celsius", title="温度换算", classification="public")
+            def celsius(fahrenheit: float) -> float:
+                return round((fahrenheit - 32) * 5 / 9, 2)
+
+            @hookimpl
+            def yunnao_capabilities():
+                return [celsius]
+            """
+        )
+    )
+    data = tmp_path / "node"
+    done = cli(
+        "publish", str(plugin), "--namespace", f"{NODE_ID}.weather", "--node-id", NODE_ID,
+        "--data-dir", str(data), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    plugin.unlink()
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from yunnao.registry.models import ModelStore\n"
+        f"store = ModelStore.embedded(Path({str(data)!r}))\n"
+        f"model = store.load('models:/{NODE_ID}.weather.celsius/1')\n"
+        "print(model.predict({'fahrenheit': 212.0}))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == "[100.0]"
+
+
+def test_a_draft_gets_no_alias_unless_asked(tmp_path: Path) -> None:
+    from yunnao.registry import migrate
+
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    migrate.upgrade(engine)
+    publisher = Publisher(RegistryStore(engine, NODE_ID), ModelStore.embedded(tmp_path / "node"))
+    namespace = f"{NODE_ID}.urban"
+    draft = publisher.publish(scene_stats, namespace=namespace, status="draft")
+    assert draft.aliases == () and draft.version.status == "draft"
+    model = publisher.models.client.get_registered_model(f"{namespace}.scene-stats")
+    assert model.aliases == {}
+    with pytest.raises(YunnaoError, match="invalid alias 'latest'"):
+        publisher.check(FlowForecast, f"{NODE_ID}.traffic", ["latest"])
+
+
+def test_an_invalid_declared_schema_is_refused_before_mlflow(tmp_path: Path) -> None:
+    from yunnao.plugins import capability
+    from yunnao.registry import migrate
+
+    @capability(name="bogus", title="错误模式")
+    def bogus(x: Annotated[int, Field(json_schema_extra={"type": "integr"})]) -> int:
+        return x
+
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    migrate.upgrade(engine)
+    store = RegistryStore(engine, NODE_ID)
+    publisher = Publisher(store, ModelStore.embedded(tmp_path / "node"))
+    with pytest.raises(YunnaoError) as err:
+        publisher.publish(bogus, namespace=f"{NODE_ID}.misc")
+    assert err.value.status == 422
+    assert err.value.errors[0].field == "input_schema"
+    assert store.version_numbers(f"{NODE_ID}.misc", "bogus") == []
+    assert publisher.models.client.search_registered_models() == []

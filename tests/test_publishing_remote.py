@@ -87,6 +87,19 @@ def test_http_publish_on_a_node_configured_for_remote_mlflow(
         ).stdout.strip()  # fmt: skip
         auth = {"Authorization": f"Bearer {token}"}
         body = {"capability": "scene-stats", "namespace": f"{NODE_ID}.urban"}
+        for cap, _ in EXAMPLES.values():  # each example, into the token's namespace
+            if cap.name == "scene-stats":
+                continue  # published below, with its aliases checked
+            other = httpx.post(
+                f"{node.url}/v1/publish",
+                json={"capability": cap.name, "namespace": f"{NODE_ID}.urban"},
+                headers=auth,
+                timeout=120,
+            )
+            assert other.status_code == 201, other.text
+            example = cap.examples[0]["input"]
+            loaded = ModelStore(mlflow_server.url).load(other.json()["model_uri"])
+            assert loaded.predict(cap.canonical_input(example)) == [cap.run(example)]
         reserved = httpx.post(f"{node.url}/v1/publish", json={**body, "aliases": ["v1"]},
                               headers=auth, timeout=60)  # fmt: skip
         assert reserved.status_code == 422  # MLflow reserves v<N>: refused before MLflow

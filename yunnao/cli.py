@@ -537,9 +537,8 @@ def _load_plugins(targets: tuple[str, ...], *, entry_points: bool = True) -> Any
     "--alias",
     "aliases",
     multiple=True,
-    default=("production",),
-    show_default=True,
-    help="MLflow alias to point at the new version (repeatable)",
+    help="MLflow alias to point at the new version (repeatable)  "
+    "[default: production, or none for a draft]",
 )
 @click.option("--no-alias", is_flag=True, help="Set no MLflow alias")
 @node_options
@@ -640,7 +639,7 @@ def publish(
                     cap,
                     namespace=ns,
                     status=status,
-                    aliases=() if no_alias else aliases,
+                    aliases=() if no_alias else (aliases or None),
                     step=step,
                 )
             except YunnaoError as exc:
