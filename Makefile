@@ -1,7 +1,7 @@
 # Yunnao: the two commands are `make run` and `make test`; the rest are helpers.
 #   make run    create .venv if missing, install the pinned deps and the example
 #               plugins, serve a node on embedded defaults (SQLite, MLflow and keys
-#               under ./var, http://127.0.0.1:8000)
+#               under ./var, http://127.0.0.1:8000) with the examples published
 #   make test   install the test deps and test servers (PostgreSQL from Debian when
 #               absent), then lint and run the whole suite, real-server tests included
 PYTHON ?= python3
@@ -35,7 +35,7 @@ test-servers:
 	@tests/realservers/install.sh
 
 run: deps
-	$(BIN)/yunnao serve $(ARGS)
+	$(BIN)/yunnao serve --publish-plugins $(ARGS)
 
 lint: test-deps
 	$(BIN)/ruff check .

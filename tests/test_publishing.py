@@ -361,3 +361,27 @@ def test_an_invalid_declared_schema_is_refused_before_mlflow(tmp_path: Path) -> 
     assert err.value.errors[0].field == "input_schema"
     assert store.version_numbers(f"{NODE_ID}.misc", "bogus") == []
     assert publisher.models.client.search_registered_models() == []
+
+
+@pytest.mark.slow
+def test_a_node_can_publish_its_plugins_on_start_once(tmp_path: Path) -> None:
+    """What `make run` does: the examples are in the catalog as soon as the node is up,
+    and a restart publishes nothing twice."""
+    import httpx
+
+    from tests.realservers.yunnao_node import YunnaoProcess
+
+    data = tmp_path / "node"
+    args = ("--node-id", NODE_ID, "--data-dir", str(data), "--publish-plugins")
+    for start in ("first", "second"):
+        node = YunnaoProcess(tmp_path, *args).start(timeout=90)
+        try:
+            found = httpx.get(f"{node.url}/v1/capabilities", timeout=30).json()
+            # Anonymous callers see the public two; air-anomaly is internal.
+            assert {i["name"] for i in found["items"]} == {"flow-forecast", "scene-stats"}
+            published = f"published {NODE_ID}.env/air-anomaly@1.0.0" in node.output()
+            assert published == (start == "first"), node.output()
+        finally:
+            node.stop()
+    for cap, namespace in EXAMPLES.values():
+        assert len(versions_of(data, f"{namespace}.{cap.name}")) == 1

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from yunnao import __version__
-from yunnao.plugins.errors import Unavailable
+from yunnao.plugins.errors import Unavailable, YunnaoError
 from yunnao.plugins.loader import Plugins
 from yunnao.registry import api, db, migrate, openapi, tokens
 from yunnao.registry.auth import AuthMiddleware
@@ -49,6 +49,24 @@ def load_plugins(settings: Settings) -> Plugins:
     return plugins
 
 
+def publish_new(publisher: Publisher, plugins: Plugins) -> None:
+    """Publish each loaded capability whose version this node does not have yet, into
+    its plugin's department; a failure is logged and the node starts anyway."""
+    for cap in plugins.capabilities.values():
+        namespace = publisher.default_namespace(cap)
+        if namespace is None:
+            log.warning("not publishing %s: plugin %r names no department", cap.name, cap.plugin)
+            continue
+        if cap.version in publisher.store.version_numbers(namespace, cap.name):
+            continue
+        try:
+            published = publisher.publish(cap, namespace=namespace)
+        except YunnaoError as exc:
+            log.warning("could not publish %s/%s: %s", namespace, cap.name, exc.detail)
+        else:
+            log.info("published %s as %s", published.version.id, published.model_uri)
+
+
 class SchemaOutOfDate(RuntimeError):
     """The store's schema is not the one this code needs (run ``yunnao db upgrade``)."""
 
@@ -79,6 +97,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
     public_key = key.public_key()
     store = RegistryStore(engine, settings.node_id)
     store.ensure_node(title=settings.node_title, public_key=tokens.public_key_text(key))
+    publisher = Publisher(store, model_store(settings))
 
     def verify(token: str) -> Any:
         return tokens.verify(public_key, settings.node_id, token)
@@ -138,6 +157,8 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.publish_plugins:
+            await anyio.to_thread.run_sync(publish_new, publisher, plugins)
         await anyio.to_thread.run_sync(store.warm)  # the first search should not pay for it
         yield
         engine.dispose()
@@ -156,7 +177,7 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
     app.state.catalog = api.Catalog(
         store=store,
         max_body_bytes=settings.max_body_bytes,
-        publisher=Publisher(store, model_store(settings)),
+        publisher=publisher,
         capabilities=plugins.capabilities,
     )
     app.state.plugins = plugins

@@ -149,6 +149,14 @@ def main() -> None:
     help="Port to listen on  [env YUNNAO_PORT]",
 )
 @click.option(
+    "--publish-plugins",
+    is_flag=True,
+    default=None,
+    envvar="YUNNAO_PUBLISH_PLUGINS",
+    help="On start, publish every loaded capability whose version the registry lacks, "
+    "into <node id>.<plugin>  [env YUNNAO_PUBLISH_PLUGINS]",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -161,6 +169,7 @@ def serve(
     database_url: str | None,
     host: str,
     port: int,
+    publish_plugins: bool | None,
     log_level: str,
 ) -> None:
     """Run a registry node.
@@ -169,13 +178,26 @@ def serve(
     ./var (the store is created and upgraded on start). With --database-url pointing at
     PostgreSQL, run `yunnao db upgrade` first: a shared store is never migrated implicitly.
     """
+    import logging
+
     import uvicorn
 
     from .app import SchemaOutOfDate, create_app
 
     settings = _settings(
-        node_id=node_id, data_dir=data_dir, database_url=database_url, host=host, port=port
+        node_id=node_id,
+        data_dir=data_dir,
+        database_url=database_url,
+        host=host,
+        port=port,
+        publish_plugins=publish_plugins,
     )
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    node_log = logging.getLogger("yunnao")
+    node_log.addHandler(handler)
+    node_log.setLevel(log_level.upper())
+    node_log.propagate = False
     try:
         app = create_app(settings)
     except SchemaOutOfDate as exc:

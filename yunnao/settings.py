@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         None, description="MLflow model registry URI, if not the tracking URI"
     )
     plugins: bool = Field(True, description="load the plugins installed in the `yunnao` group")
+    publish_plugins: bool = Field(
+        False,
+        description="on start, publish every loaded capability whose version is not in the "
+        "registry yet, into <node>.<plugin> (what `make run` does for the examples)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")
