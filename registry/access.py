@@ -79,8 +79,8 @@ def may_discover(identity: Identity, row: CapabilityRow) -> bool:
     )
 
 
-def require_writer(identity: Identity, namespace: str) -> None:
-    """Raise unless ``identity`` may write ``namespace``."""
+def require_writer(identity: Identity, namespace: str | None) -> None:
+    """Raise unless ``identity`` may write ``namespace`` (with None: some namespace)."""
     if not identity.authenticated:
         raise Unauthorized("this operation needs a bearer token (see `yunnao token create`)")
     if identity.role not in WRITER_ROLES:
@@ -88,6 +88,6 @@ def require_writer(identity: Identity, namespace: str) -> None:
             f"role {identity.role!r} may not change the registry; "
             f"writes need one of: {', '.join(sorted(WRITER_ROLES))}"
         )
-    if not identity.writes(namespace):
+    if namespace is not None and not identity.writes(namespace):
         scopes = ", ".join(identity.scopes) or "none"
         raise Forbidden(f"token is scoped to {scopes}; it may not write namespace {namespace!r}")

@@ -192,6 +192,8 @@ async def publish_version(request: Request) -> Response:
 
 async def publish_plugin(request: Request) -> Response:
     catalog = _catalog(request)
+    # Writers only, before anything else: the answer lists the node's loaded plugins.
+    require_writer(identity_of(request), namespace=None)
     body = await read_model(request, schemas.PluginPublishRequest, catalog.max_body_bytes)
     if catalog.publisher is None:
         raise Unavailable("this node has no model store configured for publishing")

@@ -146,6 +146,11 @@ def test_http_publish_of_loaded_plugins(sqlite_node: Node) -> None:
     assert "flow-forecast" in body["detail"]  # says what is loaded
     anonymous = node.client.post("/v1/publish", json={"capability": "flow-forecast"})
     assert_problem(anonymous, 401)
+    # A reader learns nothing about the node's plugins, not even which exist.
+    reader = node.client.post(
+        "/v1/publish", json={"capability": "nope"}, headers=node.auth("consumer", NODE_ID)
+    )
+    assert "flow-forecast" not in assert_problem(reader, 403)["detail"]
 
 
 def test_a_failure_after_mlflow_removes_the_model_version(tmp_path: Path) -> None:
