@@ -100,7 +100,8 @@ def requirements(cap: Capability) -> list[str]:
 
 
 class ModelStore:
-    """One MLflow tracking server / registry, through its client (no global state)."""
+    """One MLflow tracking server and registry, through a client of its own (MLflow's
+    global tracking URI is never set, so several stores can live in one process)."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
         # MLflow's HTTP client retries a failing request for about four minutes by
@@ -113,6 +114,7 @@ class ModelStore:
         self.registry_uri = registry_uri or tracking_uri
         self._client: Any = None
         self._experiment_id: str | None = None
+        self._artifact_root: str | None = None  # None: the server's default
 
     @property
     def client(self) -> Any:
@@ -133,8 +135,6 @@ class ModelStore:
         store = cls(f"sqlite:///{root / 'mlflow.db'}")
         store._artifact_root = (root / "artifacts").as_uri()
         return store
-
-    _artifact_root: str | None = None
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
