@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from .errors import FieldError, ValidationFailed, YunnaoError
+from .errors import ValidationFailed, YunnaoError, field_errors
 
 Kind = Literal["algorithm", "model"]
 Domain = Literal["governance", "livelihood", "economy", "other"]
@@ -163,7 +163,7 @@ class Capability:
         except ValidationError as exc:
             raise ValidationFailed(
                 f"input does not match the schema of {self.name}",
-                errors=_field_errors(exc, "input"),
+                errors=field_errors(exc, "input"),
             ) from None
         return {name: getattr(model, name) for name in type(model).model_fields}
 
@@ -182,7 +182,7 @@ class Capability:
         except ValidationError as exc:
             raise OutputInvalid(
                 f"{self.name} returned output that does not match its declared type",
-                errors=_field_errors(exc, "output"),
+                errors=field_errors(exc, "output"),
             ) from None
 
     def run(self, data: Any, *, artifacts: Mapping[str, Path] | None = None) -> Any:
@@ -315,14 +315,3 @@ def _derive(name: str, target: Any) -> tuple[type[BaseModel], TypeAdapter[Any]]:
 
 def _model_name(name: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[-_]", name))
-
-
-def _field_errors(exc: ValidationError, root: str) -> list[FieldError]:
-    out = []
-    for err in exc.errors():
-        path = root
-        for part in err["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        out.append(FieldError(path, msg))
-    return out

@@ -50,6 +50,10 @@ class PluginInfo:
     runtimes: list[str] = field(default_factory=list)
 
 
+# An import may raise anything, SystemExit included; Ctrl-C still stops the process.
+_LOAD_FAILURES = (Exception, SystemExit)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -65,10 +69,6 @@ class Plugins:
         self.problems: list[PluginProblem] = []
         self.capabilities: dict[str, Capability] = {}
         self.runtimes: dict[str, Any] = {}
-
-    @property
-    def hook(self) -> Any:
-        return self.pm.hook
 
     # ------------------------------------------------------------ invocation
 
@@ -109,16 +109,17 @@ class Plugins:
     def load_entry_points(self, group: str = GROUP) -> None:
         """Load every installed plugin of the entry-point ``group``."""
         for ep in sorted(md.entry_points(group=group), key=lambda e: e.name):
-            dist = getattr(ep, "dist", None)
-            source = f"{dist.name} {dist.version}" if dist else ep.value
-            try:
-                module = ep.load()
-            except BaseException as exc:  # an import may raise anything, SystemExit included
-                self.problems.append(
-                    PluginProblem(ep.name, source, f"import failed: {_describe(exc)}")
-                )
-                continue
-            self.add(module, name=ep.name, source=source)
+            self._load_entry_point(ep)
+
+    def _load_entry_point(self, ep: md.EntryPoint) -> None:
+        dist = getattr(ep, "dist", None)
+        source = f"{dist.name} {dist.version}" if dist else ep.value
+        try:
+            module = ep.load()
+        except _LOAD_FAILURES as exc:
+            self.problems.append(PluginProblem(ep.name, source, f"import failed: {_describe(exc)}"))
+            return
+        self.add(module, name=ep.name, source=source)
 
     def load_target(self, target: str) -> list[str]:
         """Load the plugin(s) named by ``target``: a ``.py`` file or a directory holding
@@ -131,7 +132,7 @@ class Plugins:
         elif _is_module(target):
             try:
                 module = importlib.import_module(target)
-            except BaseException as exc:
+            except _LOAD_FAILURES as exc:
                 self.problems.append(
                     PluginProblem(target, "module", f"import failed: {_describe(exc)}")
                 )
@@ -149,15 +150,7 @@ class Plugins:
             if not eps:
                 raise LookupError(f"distribution {target!r} declares no [{GROUP}] entry points")
             for ep in eps:
-                try:
-                    module = ep.load()
-                except BaseException as exc:
-                    src = f"{dist.name} {dist.version}"
-                    self.problems.append(
-                        PluginProblem(ep.name, src, f"import failed: {_describe(exc)}")
-                    )
-                    continue
-                self.add(module, name=ep.name, source=f"{dist.name} {dist.version}")
+                self._load_entry_point(ep)
         return [n for n in self.infos if n not in before]
 
     def _load_path(self, path: Path) -> None:
@@ -182,7 +175,7 @@ class Plugins:
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             spec.loader.exec_module(module)
-        except BaseException as exc:
+        except _LOAD_FAILURES as exc:
             sys.modules.pop(name, None)
             self.problems.append(PluginProblem(name, str(path), f"import failed: {_describe(exc)}"))
             return
@@ -211,7 +204,7 @@ class Plugins:
     def _call(self, info: PluginInfo, hook: str, impl: Any) -> Any:
         try:
             return impl.function()
-        except BaseException as exc:
+        except _LOAD_FAILURES as exc:
             self.problems.append(
                 PluginProblem(info.name, info.source, f"{hook} raised {_describe(exc)}")
             )

@@ -192,8 +192,9 @@ async def publish_version(request: Request) -> Response:
 
 async def publish_plugin(request: Request) -> Response:
     catalog = _catalog(request)
+    identity = identity_of(request)
     # Writers only, before anything else: the answer lists the node's loaded plugins.
-    require_writer(identity_of(request), namespace=None)
+    require_writer(identity, namespace=None)
     body = await read_model(request, schemas.PluginPublishRequest, catalog.max_body_bytes)
     if catalog.publisher is None:
         raise Unavailable("this node has no model store configured for publishing")
@@ -211,7 +212,7 @@ async def publish_plugin(request: Request) -> Response:
             errors=[FieldError("namespace", "required for this plugin")],
         )
     _check_new_address(namespace, cap.name)
-    require_writer(identity_of(request), namespace)
+    require_writer(identity, namespace)
     published = await _run(
         catalog.publisher.publish,
         cap,

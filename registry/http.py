@@ -12,27 +12,13 @@ from starlette.responses import JSONResponse, Response
 
 from yunnao.plugins.errors import (
     BadRequest,
-    FieldError,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,
+    field_errors,
 )
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
-    """Pydantic errors as (field path, message) pairs, e.g. ``tags[2]``."""
-    out = []
-    for err in exc.errors(include_url=False):
-        path = prefix
-        for part in err["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        out.append(FieldError(path or "(body)", message))
-    return out
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

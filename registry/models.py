@@ -155,7 +155,7 @@ class ModelStore:
 
     # ------------------------------------------------------------ publishing
 
-    def log(self, cap: Capability, *, namespace: str, node: str, version: str) -> LoggedVersion:
+    def log(self, cap: Capability, *, namespace: str, node: str) -> LoggedVersion:
         """Save ``cap`` as a pyfunc model, log it in a run and register it as a new version
         of ``namespace.name``. On failure nothing stays behind."""
         mlflow_pyfunc = _pyfunc()
@@ -168,7 +168,7 @@ class ModelStore:
             "yunnao.namespace": namespace,
             "yunnao.node": node,
             "yunnao.capability": cap.name,
-            "yunnao.version": version,
+            "yunnao.version": cap.version,
             "yunnao.classification": cap.classification,
         }
         run_id = None
@@ -198,14 +198,19 @@ class ModelStore:
             mv = self.client.create_model_version(
                 name, source, run_id=run_id, tags=tags, description=cap.summary
             )
-            self._await_ready(name, mv.version)
-            return LoggedVersion(name, str(mv.version), run_id, source)
         except YunnaoError:
             self._drop_run(run_id)
             raise
         except Exception as exc:
             self._drop_run(run_id)
             raise _mlflow_error("logging the model", exc) from exc
+        logged = LoggedVersion(name, str(mv.version), run_id, source)
+        try:
+            self._await_ready(name, logged.version)
+        except BaseException:
+            self.undo(logged)  # the version exists but never became usable
+            raise
+        return logged
 
     def set_alias(self, logged: LoggedVersion, alias: str) -> None:
         try:
@@ -241,7 +246,10 @@ class ModelStore:
     def _await_ready(self, name: str, version: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            mv = self.client.get_model_version(name, version)
+            try:
+                mv = self.client.get_model_version(name, version)
+            except Exception as exc:
+                raise _mlflow_error("registering the model", exc) from exc
             if mv.status == "READY":
                 return
             if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:

@@ -17,10 +17,15 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from yunnao.plugins.capability import Capability
-from yunnao.plugins.errors import Conflict, FieldError, Forbidden, ValidationFailed
+from yunnao.plugins.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    ValidationFailed,
+    field_errors,
+)
 
 from . import names, schemas
-from .http import field_errors
 from .models import ModelStore
 from .store import RegistryStore
 
@@ -113,9 +118,7 @@ class Publisher:
                 errors=errors,
             ) from None
         step(STEPS[1])
-        logged = self.models.log(
-            cap, namespace=namespace, node=self.store.node_id, version=cap.version
-        )
+        logged = self.models.log(cap, namespace=namespace, node=self.store.node_id)
         try:
             step(STEPS[2])
             for alias in aliases:

@@ -89,9 +89,9 @@ def prepare_store(settings: Settings) -> sa.Engine:
     return engine
 
 
-def create_app(settings: Settings | None = None, plugins: Plugins | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    plugins = plugins if plugins is not None else load_plugins(settings)
+    plugins = load_plugins(settings)
     engine = prepare_store(settings)
     key = tokens.load_or_create_key(settings.key_path)
     public_key = key.public_key()
@@ -180,6 +180,5 @@ def create_app(settings: Settings | None = None, plugins: Plugins | None = None)
         publisher=publisher,
         capabilities=plugins.capabilities,
     )
-    app.state.plugins = plugins
     app.state.settings = settings
     return app

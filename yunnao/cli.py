@@ -586,9 +586,11 @@ def publish(
     (code, artifacts, pinned requirements, signature), registered as a new version of
     the model `namespace.name` with its aliases, and recorded in the registry; if a
     step fails, what earlier steps made is removed. Run it where the node's store and
-    MLflow are reachable (the node's machine, on embedded defaults). Example:
+    MLflow are reachable (the node's machine, on embedded defaults). Examples:
 
-        yunnao publish examples/traffic/yunnao_example_traffic --namespace local.traffic
+    \b
+        yunnao publish yunnao-example-traffic        # an installed distribution
+        yunnao publish ./my_plugin.py --namespace local.env
     """
     import logging
 
