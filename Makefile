@@ -24,8 +24,11 @@ $(VENV)/.deps: $(BIN)/python pyproject.toml constraints.txt $(EXAMPLES)
 	$(PIP) -e . $(foreach e,$(EXAMPLES),-e $(dir $(e)))
 	@touch $@
 
+# nvidia-pytriton only for its real `tritonserver` binary: with its own deps it would
+# downgrade numpy and protobuf, so it is installed without them (pinned in constraints).
 $(VENV)/.test-deps: $(VENV)/.deps
 	$(PIP) -e '.[test]'
+	$(PIP) --no-deps nvidia-pytriton
 	@touch $@
 
 deps: $(VENV)/.deps

@@ -268,19 +268,27 @@ class ModelStore:
 
     # ------------------------------------------------------------ loading
 
-    def load(self, model_uri: str) -> Any:
-        """Load a published capability as a pyfunc model from its ``models:/`` URI alone."""
-        mlflow_pyfunc = _pyfunc()
+    def download(self, model_uri: str) -> str:
+        """Download a ``models:/name/N`` model's files; the local directory."""
         import mlflow.artifacts
-
-        from . import pyfunc  # noqa: F401  (quiets MLflow's import-time warnings)
 
         name, _, version = model_uri.removeprefix("models:/").partition("/")
         try:
             source = self.client.get_model_version_download_uri(name, version)
-            local = mlflow.artifacts.download_artifacts(
+            return mlflow.artifacts.download_artifacts(
                 artifact_uri=source, tracking_uri=self.tracking_uri
             )
+        except Exception as exc:
+            raise _mlflow_error(f"downloading {model_uri}", exc) from exc
+
+    def load(self, model_uri: str) -> Any:
+        """Load a published capability as a pyfunc model from its ``models:/`` URI alone."""
+        mlflow_pyfunc = _pyfunc()
+
+        from . import pyfunc  # noqa: F401  (quiets MLflow's import-time warnings)
+
+        local = self.download(model_uri)
+        try:
             return mlflow_pyfunc.load_model(local)
         except Exception as exc:
             raise _mlflow_error(f"loading {model_uri}", exc) from exc

@@ -47,18 +47,20 @@ class CapabilityModel(mlflow.pyfunc.PythonModel):
 
     def __init__(self, entry: str) -> None:
         self.entry = entry
-        self._cap: Capability | None = None
-        self._fn: Any = None
+        # Set by load_context: the capability and its instantiated callable, which
+        # runtimes use directly (Yunnao validates with the capability's own types).
+        self.capability: Capability | None = None
+        self.fn: Any = None
 
     def load_context(self, context: Any) -> None:
-        self._cap = find_capability(self.entry)
+        self.capability = find_capability(self.entry)
         artifacts = {k: Path(v) for k, v in (context.artifacts or {}).items()}
-        self._fn = self._cap.instantiate(artifacts)
+        self.fn = self.capability.instantiate(artifacts)
 
     # No type hints on predict: MLflow would try to derive a signature from them; the
     # signature is derived from the capability's schemas instead (signature.py).
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        assert self._cap is not None, "load_context was not called"
+        assert self.capability is not None, "load_context was not called"
         if hasattr(model_input, "to_dict"):  # a pandas DataFrame: one input per row
             records = [plain(r) for r in model_input.to_dict(orient="records")]
             return [self._run(r) for r in records]
@@ -68,9 +70,9 @@ class CapabilityModel(mlflow.pyfunc.PythonModel):
         return self._run(data)
 
     def _run(self, data: Any) -> Any:
-        assert self._cap is not None
-        kwargs = self._cap.validate_input(data)
-        return self._cap.dump_output(self._fn(**kwargs))
+        assert self.capability is not None
+        kwargs = self.capability.validate_input(data)
+        return self.capability.dump_output(self.fn(**kwargs))
 
 
 def model_code(entry: str) -> str:

@@ -28,7 +28,10 @@ _SCALARS = {
 
 
 def signature_of(cap: Capability) -> ModelSignature:
-    inputs = _object_columns(cap.input_schema)
+    """The MLflow signature of ``cap``. A capability without parameters gets no input
+    schema (MLflow refuses an empty one), so MLflow does not check its input."""
+    props = cap.input_schema.get("properties", {})
+    inputs = _object_columns(cap.input_schema) if props else None
     outputs = Schema([ColSpec(_dtype(cap.output_schema, cap.output_schema.get("$defs", {})))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

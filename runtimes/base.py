@@ -1,0 +1,141 @@
+"""The runtime protocol: what every runtime adapter implements, and what it is given.
+
+A runtime executes capability versions somewhere: in this process, on Ray Serve, on
+a BentoML service, on NVIDIA Triton, or at another node. The gateway resolves a call
+to a :class:`Target` (one version and its runtime binding), makes sure the target is
+deployed, and awaits :meth:`Runtime.invoke` with the validated input. Adapters are
+contributed through the ``yunnao_runtimes`` hook as ``{type: factory}``; a factory is
+called once per node as ``factory(config, context)`` with the node's configuration for
+that runtime type (``Settings.runtimes[type]``) and a :class:`RuntimeContext`.
+
+Adapters report failures with the exceptions below, which the gateway turns into
+HTTP answers: :class:`RuntimeDown` (503 with ``Retry-After``), :class:`InvocationTimeout`
+(504) and :class:`CapabilityError` (500; its detail is logged, never shown to callers).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from yunnao.plugins.capability import Capability
+from yunnao.plugins.errors import Unavailable, YunnaoError
+
+
+class RuntimeDown(Unavailable):
+    """The runtime's server cannot be reached or is not serving; the caller may retry
+    after ``retry_after`` seconds."""
+
+    slug, title = "runtime-unavailable", "Runtime unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class InvocationTimeout(YunnaoError):
+    """The capability did not answer within the call's timeout."""
+
+    status, slug, title = 504, "timeout", "Capability timed out"
+
+
+class CapabilityError(YunnaoError):
+    """The capability itself raised (or its server answered with an error). ``detail``
+    is for the operator's log: the gateway shows callers an error id instead."""
+
+    status, slug, title = 500, "capability-failed", "Capability failed"
+
+
+class NotDeployable(YunnaoError):
+    """The version cannot run on its runtime as bound (no model to load, unknown
+    runtime type, a binding the runtime does not accept)."""
+
+    status, slug, title = 409, "not-deployable", "Capability cannot be run"
+
+
+_SLUG_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One capability version as a runtime sees it."""
+
+    namespace: str
+    name: str
+    version: str
+    runtime: str
+    config: Mapping[str, Any] = field(default_factory=dict)  # the version's binding config
+    model_uri: str | None = None
+    input_schema: Mapping[str, Any] = field(default_factory=dict)
+    output_schema: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """``namespace/name@version``."""
+        return f"{self.namespace}/{self.name}@{self.version}"
+
+    @property
+    def slug(self) -> str:
+        """A name safe for deployments and model repositories (letters, digits, _ and -),
+        unique per version: ``sd_qd_traffic__flow-forecast__1_2_0``."""
+        parts = (self.namespace, self.name, self.version)
+        return "__".join(_SLUG_BAD.sub("_", p) for p in parts)
+
+    def tensors(self, which: str = "input") -> dict[str, dict[str, Any]]:
+        """The tensor-typed top-level fields (``x-tensor``: datatype and shape) of the
+        input or output schema, by field name."""
+        schema = self.input_schema if which == "input" else self.output_schema
+        props = schema.get("properties", {})
+        return {k: v["x-tensor"] for k, v in props.items() if "x-tensor" in v}
+
+
+@dataclass(frozen=True)
+class RuntimeHealth:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class RuntimeContext:
+    """What a runtime factory may use from its node."""
+
+    node_id: str
+    data_dir: Path
+    # MLflow: where models:/ URIs resolve (a runtime in another process needs these).
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    # Loads a models:/ URI into a runnable capability (see runtimes.loading).
+    load_model: Callable[[str], Any] | None = None
+    # Capabilities of the plugins loaded at this node, by name.
+    capabilities: Mapping[str, Capability] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What an adapter implements. All methods are called on the node's event loop."""
+
+    type: str
+
+    async def deploy(self, target: Target) -> None:
+        """Make ``target`` ready to invoke (idempotent). Raise :class:`NotDeployable`
+        for a binding the runtime cannot serve, :class:`RuntimeDown` when its server
+        cannot be reached."""
+
+    async def undeploy(self, target: Target) -> None:
+        """Release what :meth:`deploy` made (idempotent)."""
+
+    async def invoke(self, target: Target, inputs: dict[str, Any], *, timeout: float) -> Any:
+        """Run the deployed ``target`` on validated JSON ``inputs`` (keyword arguments of
+        the capability) and return its JSON output, within ``timeout`` seconds."""
+
+    async def health(self) -> RuntimeHealth:
+        """Whether the runtime's server is serving."""
+
+    def describe(self) -> dict[str, Any]:
+        """What an operator wants to see: type, server address, deployed targets."""
+
+    async def close(self) -> None:
+        """Release clients and servers this adapter started (node shutdown)."""
