@@ -47,10 +47,18 @@ class YunnaoError(Exception):
     slug: str = "internal-error"
     title: str = "Internal error"
 
-    def __init__(self, detail: str, *, errors: list[FieldError] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = list(errors or [])
+        # Further members of the problem document, e.g. the error id of a failed call.
+        self.extra = dict(extra or {})
 
 
 class BadRequest(YunnaoError):
@@ -93,6 +101,12 @@ class IllegalTransition(Conflict):
     slug, title = "illegal-transition", "Illegal lifecycle transition"
 
 
+class Gone(YunnaoError):
+    """The entity existed but has been withdrawn for good (a retired version)."""
+
+    status, slug, title = 410, "gone", "Gone"
+
+
 class PreconditionFailed(YunnaoError):
     """``If-Match`` named a representation that is no longer current."""
 
@@ -114,6 +128,8 @@ class ValidationFailed(YunnaoError):
 
 
 class Unavailable(YunnaoError):
-    """A dependency (database, runtime) is down; the caller may retry."""
+    """A dependency (database, runtime) is down; the caller may retry, after
+    ``retry_after`` seconds when that is known (sent as ``Retry-After``)."""
 
     status, slug, title = 503, "unavailable", "Service unavailable"
+    retry_after: int | None = None

@@ -50,10 +50,13 @@ def yunnao_capabilities() -> list[Capability]:
 def yunnao_runtimes() -> dict[str, Any]:
     """Contribute runtime adapters: return ``{runtime type: factory}``.
 
-    The factory is called with the runtime's configuration and returns an object
-    implementing the runtime protocol (deploy, undeploy, invoke, health, describe) of
-    :mod:`yunnao.runtimes`. A capability version names its runtime by this type in its
-    registry entry (``runtime.type``).
+    The factory is called once per node, on first use, as ``factory(config, context)``:
+    ``config`` is the node's configuration for that type (``YUNNAO_RUNTIMES``) and
+    ``context`` a :class:`yunnao.runtimes.base.RuntimeContext`. It returns an object
+    implementing the runtime protocol of :mod:`yunnao.runtimes.base` (deploy, undeploy,
+    invoke, health, describe, close). A capability version names its runtime by this
+    type in its registry entry (``runtime.type``); the built-in runtimes ``inprocess``,
+    ``rayserve``, ``bentoml`` and ``triton`` are registered through this hook too.
     """
 
 

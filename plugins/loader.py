@@ -13,7 +13,7 @@ import importlib
 import importlib.metadata as md
 import importlib.util
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -92,17 +92,35 @@ class Plugins:
         """
         inputs = cap.validate_input(data)
         invocation = Invocation(cap.name, inputs, caller=caller, request_id=request_id)
-        impls = list(reversed(self.pm.hook.yunnao_before_invoke.get_hookimpls()))
-        for impl in impls:
+        invocation = self.before_invoke(invocation, cap.validate_input)
+        output = cap.dump_output(cap.instantiate(artifacts)(**invocation.inputs))
+        return self.after_invoke(invocation, output)
+
+    def before_invoke(
+        self, invocation: Invocation, validate: Callable[[Any], dict[str, Any]]
+    ) -> Invocation:
+        """Run the ``yunnao_before_invoke`` hooks; each replacement input is passed
+        through ``validate`` before the next hook sees it."""
+        for impl in reversed(self.pm.hook.yunnao_before_invoke.get_hookimpls()):
             replaced = impl.function(invocation=invocation)
             if replaced is not None:
-                invocation = replace(invocation, inputs=cap.validate_input(replaced))
-        output = cap.dump_output(cap.instantiate(artifacts)(**invocation.inputs))
+                invocation = replace(invocation, inputs=validate(replaced))
+        return invocation
+
+    def after_invoke(self, invocation: Invocation, output: Any) -> Any:
+        """Run the ``yunnao_after_invoke`` hooks (in the opposite order) on ``output``."""
         for impl in self.pm.hook.yunnao_after_invoke.get_hookimpls():
             replaced = impl.function(invocation=invocation, output=output)
             if replaced is not None:
                 output = replaced
         return output
+
+    @property
+    def has_invoke_hooks(self) -> bool:
+        hook = self.pm.hook
+        return bool(
+            hook.yunnao_before_invoke.get_hookimpls() or hook.yunnao_after_invoke.get_hookimpls()
+        )
 
     # ------------------------------------------------------------ discovery
 

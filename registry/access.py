@@ -25,6 +25,8 @@ from .tables import CapabilityRow
 
 ROLES: tuple[str, ...] = ("admin", "operator", "author", "consumer", "auditor")
 WRITER_ROLES = frozenset({"admin", "author"})
+# Who may rebind a version to another runtime: its authors, and the node's operators.
+OPERATOR_ROLES = frozenset({"admin", "operator", "author"})
 LISTED_STATUSES = ("published", "deprecated")
 
 
@@ -91,3 +93,15 @@ def require_writer(identity: Identity, namespace: str | None) -> None:
     if namespace is not None and not identity.writes(namespace):
         scopes = ", ".join(identity.scopes) or "none"
         raise Forbidden(f"token is scoped to {scopes}; it may not write namespace {namespace!r}")
+
+
+def require_operator(identity: Identity, namespace: str) -> None:
+    """Raise unless ``identity`` may operate (e.g. rebind runtimes in) ``namespace``."""
+    if not identity.authenticated:
+        raise Unauthorized("this operation needs a bearer token (see `yunnao token create`)")
+    if identity.role not in OPERATOR_ROLES or not in_scopes(identity, namespace):
+        raise Forbidden(
+            f"role {identity.role!r} scoped to {', '.join(identity.scopes) or 'nothing'} may "
+            f"not operate namespace {namespace!r}; needs one of "
+            f"{', '.join(sorted(OPERATOR_ROLES))} scoped to it"
+        )

@@ -79,3 +79,12 @@ def write_session(engine: sa.Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def row_write(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A Core transaction for rows outside the catalog (jobs, usage records): no change
+    log and no registry write lock (PostgreSQL row locks suffice); on SQLite it still
+    begins IMMEDIATE, so a read-then-write cannot deadlock."""
+    with engine.connect().execution_options(yunnao_write=True) as conn, conn.begin():
+        yield conn

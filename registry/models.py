@@ -268,6 +268,17 @@ class ModelStore:
 
     # ------------------------------------------------------------ loading
 
+    def alias_version(self, namespace: str, name: str, alias: str) -> str | None:
+        """The ``models:/`` URI an MLflow alias of the capability points at, or None."""
+        registered = model_name(namespace, name)
+        try:
+            mv = self.client.get_model_version_by_alias(registered, alias)
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+                return None
+            raise _mlflow_error(f"resolving alias {alias!r} of {registered}", exc) from exc
+        return f"models:/{registered}/{mv.version}"
+
     def download(self, model_uri: str) -> str:
         """Download a ``models:/name/N`` model's files; the local directory."""
         import mlflow.artifacts

@@ -15,6 +15,7 @@ from .schemas import Problem
 _STATUS_TEXT = {
     200: "OK",
     201: "Created",
+    202: "Accepted (queued as a job)",
     204: "No content",
     304: "Not modified",
     400: "Bad request",
@@ -22,12 +23,15 @@ _STATUS_TEXT = {
     403: "Forbidden",
     404: "Not found",
     409: "Conflict",
+    410: "Gone (retired)",
     412: "Precondition failed",
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Validation failed",
+    500: "Capability failed (with an error id)",
     502: "Model store error",
     503: "Unavailable",
+    504: "Timed out",
 }
 _REF = "#/components/schemas/{model}"
 

@@ -50,6 +50,30 @@ def problem(
 _HEADERS_BY_STATUS = {401: {"WWW-Authenticate": 'Bearer realm="yunnao"'}}
 
 
+def problem_of(exc: YunnaoError, instance: str | None = None) -> dict[str, Any]:
+    """The problem document of ``exc`` as data (for stored jobs and callbacks)."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + exc.slug,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if exc.errors:
+        body["errors"] = [e.as_dict() for e in exc.errors]
+    body.update(exc.extra)
+    return body
+
+
+def headers_of(exc: YunnaoError) -> dict[str, str] | None:
+    headers = dict(_HEADERS_BY_STATUS.get(exc.status, {}))
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return headers or None
+
+
 async def yunnao_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, YunnaoError)
     return problem(
@@ -59,8 +83,15 @@ async def yunnao_error(request: Request, exc: Exception) -> Response:
         exc.detail,
         instance=request.url.path,
         errors=[e.as_dict() for e in exc.errors],
-        headers=_HEADERS_BY_STATUS.get(exc.status),
+        headers=headers_of(exc),
+        **_request_id(request),
+        **exc.extra,
     )
+
+
+def _request_id(request: Request) -> dict[str, str]:
+    rid = getattr(request.state, "request_id", None)
+    return {"request_id": rid} if rid else {}
 
 
 _HTTP_SLUGS = {404: ("not-found", "Not found"), 405: ("method-not-allowed", "Method not allowed")}
@@ -90,6 +121,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
         f"the node failed to handle this request; quote error id {error_id} to its operator",
         instance=request.url.path,
         error_id=error_id,
+        **_request_id(request),
     )
 
 

@@ -55,11 +55,13 @@ class Publisher:
         self.models = models
 
     def default_namespace(self, cap: Capability) -> str | None:
-        """``<node>.<plugin>`` when the plugin's name is a valid department segment
-        (entry-point names are chosen that way), else None."""
-        if cap.plugin and names.is_namespace(f"{self.store.node_id}.{cap.plugin}"):
-            return f"{self.store.node_id}.{cap.plugin}"
-        return None
+        """``<node>.<plugin>`` when the plugin's name makes a valid department segment
+        (entry-point names are chosen that way; a package name's ``_`` becomes ``-``),
+        else None."""
+        if not cap.plugin:
+            return None
+        namespace = f"{self.store.node_id}.{cap.plugin.replace('_', '-')}"
+        return namespace if names.is_namespace(namespace) else None
 
     def check(self, cap: Capability, namespace: str, aliases: Sequence[str] = ()) -> None:
         """Everything that can fail without side effects."""

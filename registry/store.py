@@ -7,8 +7,9 @@ wholly there (row, index, change) or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,15 @@ class Page:
     facets: dict[str, dict[str, int]]
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """What a call resolved to: the version, and what access rules need of its capability."""
+
+    classification: str
+    capability_status: str
+    version: schemas.Version
+
+
 class RegistryStore:
     """Capabilities of one node, stored in SQLite or PostgreSQL through one engine."""
 
@@ -76,12 +86,23 @@ class RegistryStore:
         self.engine = engine
         self.node_id = node_id
         self.facet_index = FacetIndex()
+        # Bumped after every write through this store, so caches in this process (the
+        # gateway's resolution cache) see the node's own writes at once.
+        self.generation = 0
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Session]:
+        try:
+            with write_session(self.engine) as s:
+                yield s
+        finally:
+            self.generation += 1
 
     # ------------------------------------------------------------ node
 
     def ensure_node(self, *, title: str = "", public_key: str | None = None) -> None:
         """Record this node (idempotent; refreshes its public key)."""
-        with write_session(self.engine) as s:
+        with self._write() as s:
             node = s.get(Node, self.node_id)
             if node is None:
                 s.add(Node(id=self.node_id, title=title, public_key=public_key))
@@ -125,6 +146,42 @@ class RegistryStore:
                 return []
             return self._version_numbers(s, row)
 
+    def resolve(self, namespace: str, name: str, ref: str | None = None) -> Resolution:
+        """The version a call of ``namespace/name`` means: ``ref`` a version number,
+        ``latest`` (the newest published version) or None (the capability's current
+        version). No access check: the caller (the gateway) applies it."""
+        with read_session(self.engine) as s:
+            row = self._live(s, namespace, name)
+            if ref is None:
+                number = row.latest_version
+            elif ref == "latest":
+                published = s.exec(
+                    select(VersionRow.version).where(
+                        VersionRow.capability_id == row.id, VersionRow.status == "published"
+                    )
+                ).all()
+                number = names.sort_versions(list(published))[0] if published else None
+            else:
+                number = ref
+            if number is None:
+                raise NotFound(f"{namespace}/{name} has no {ref or 'current'} version")
+            vrow = self._version_row(s, row, number)
+            return Resolution(
+                classification=row.classification,
+                capability_status=row.status,
+                version=self._version_out(row, vrow),
+            )
+
+    def version_of_model(self, namespace: str, name: str, model_uri: str) -> str | None:
+        """The version number whose MLflow model is ``model_uri`` (for MLflow aliases)."""
+        with read_session(self.engine) as s:
+            row = self._live(s, namespace, name)
+            return s.exec(
+                select(VersionRow.version).where(
+                    VersionRow.capability_id == row.id, VersionRow.model_uri == model_uri
+                )
+            ).first()
+
     def search(self, identity: Identity, query: search.SearchQuery) -> Page:
         with read_session(self.engine) as s:
             result = search.search(s, self.facet_index, query, identity)
@@ -151,13 +208,13 @@ class RegistryStore:
 
     def publish(self, namespace: str, name: str, spec: schemas.PublishRequest) -> schemas.Version:
         """Publish ``spec`` as a new version (creating the capability on its first)."""
-        with write_session(self.engine) as s:
+        with self._write() as s:
             return self._publish(s, namespace, name, spec)
 
     def publish_many(self, items: Iterable[tuple[str, str, schemas.PublishRequest]]) -> int:
         """Publish many versions in one transaction (bulk loads); all or nothing."""
         count = 0
-        with write_session(self.engine) as s:
+        with self._write() as s:
             for namespace, name, spec in items:
                 self._publish(s, namespace, name, spec)
                 count += 1
@@ -171,7 +228,7 @@ class RegistryStore:
         *,
         if_match: str | None = None,
     ) -> tuple[schemas.Capability, str]:
-        with write_session(self.engine) as s:
+        with self._write() as s:
             row = self._live(s, namespace, name)
             _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
             changes = patch.model_dump(exclude_unset=True)
@@ -198,7 +255,7 @@ class RegistryStore:
         if_match: str | None = None,
     ) -> tuple[schemas.Version, str]:
         """Move a version along its lifecycle (see :mod:`~yunnao.registry.lifecycle`)."""
-        with write_session(self.engine) as s:
+        with self._write() as s:
             row = self._live(s, namespace, name)
             vrow = self._version_row(s, row, version)
             _check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
@@ -215,10 +272,36 @@ class RegistryStore:
             self._log(s, "version", f"{namespace}/{name}@{version}", "upsert", vrow.content_hash)
             return self._version_out(row, vrow), version_etag(vrow)
 
+    def set_runtime(
+        self,
+        namespace: str,
+        name: str,
+        version: str,
+        binding: schemas.RuntimeBinding,
+        *,
+        if_match: str | None = None,
+    ) -> tuple[schemas.Version, str]:
+        """Bind a version to another runtime (or reconfigure it) without republishing."""
+        with self._write() as s:
+            row = self._live(s, namespace, name)
+            vrow = self._version_row(s, row, version)
+            _check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
+            vrow.runtime = binding.model_dump(mode="json")
+            body = {f: getattr(vrow, f) for f in _VERSION_FIELDS}
+            vrow.content_hash = content_hash({"version": version, **body})
+            vrow.updated_at = row.updated_at = utcnow()
+            s.add(vrow)
+            self._refresh_current(s, row)
+            s.add(row)
+            s.flush()
+            search.index(s, row)
+            self._log(s, "version", f"{namespace}/{name}@{version}", "upsert", vrow.content_hash)
+            return self._version_out(row, vrow), version_etag(vrow)
+
     def delete(self, namespace: str, name: str, *, if_match: str | None = None) -> None:
         """Tombstone a capability: its row stays as a tombstone for the change log, its
         versions, tags and index entry go; a later publish of the name starts afresh."""
-        with write_session(self.engine) as s:
+        with self._write() as s:
             row = self._live(s, namespace, name)
             _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
             row.deleted_at = row.updated_at = utcnow()

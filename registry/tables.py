@@ -136,3 +136,50 @@ class Change(SQLModel, table=True):
     content_hash: str = Field(max_length=64)
     origin_node: str = Field(max_length=330)
     created_at: datetime = _ts()
+
+
+class Job(SQLModel, table=True):
+    """An asynchronous invocation. Durable: a job queued or running when a node stops is
+    run when a node (this or another sharing the store) picks it up again."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    namespace: str = Field(max_length=370)
+    name: str = Field(max_length=64)
+    version: str = Field(max_length=128)
+    caller: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)  # the identity
+    input: Any = Field(default=None, sa_type=JSONType)
+    timeout: float
+    callback_url: str | None = Field(default=None, max_length=2000)
+    request_id: str | None = Field(default=None, max_length=128)
+    # queued → running → succeeded | failed (running again after an expired lease)
+    status: str = Field(index=True, max_length=16)
+    attempts: int = 0
+    not_before: datetime = _ts(index=True)  # not claimed before (backoff after a 503)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    output: Any = Field(default=None, sa_type=JSONType)
+    error: dict[str, Any] | None = Field(default=None, sa_type=JSONType)  # problem document
+    # None (no callback) | pending | delivered | failed
+    callback_status: str | None = Field(default=None, index=True, max_length=16)
+    callback_attempts: int = 0
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class UsageRecord(SQLModel, table=True):
+    """One invocation, for usage statistics and assessment."""
+
+    __tablename__ = "usage_record"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    caller: str | None = Field(default=None, index=True, max_length=500)
+    namespace: str = Field(max_length=370)
+    name: str = Field(max_length=64)
+    version: str | None = Field(default=None, max_length=128)
+    runtime: str | None = Field(default=None, max_length=32)
+    mode: str = Field(max_length=8)  # sync | async | v2
+    status: int  # the HTTP status the call ended with
+    latency_ms: float
+    request_id: str | None = Field(default=None, max_length=128)
+    error_id: str | None = Field(default=None, max_length=32)

@@ -71,6 +71,7 @@ class Target:
     model_uri: str | None = None
     input_schema: Mapping[str, Any] = field(default_factory=dict)
     output_schema: Mapping[str, Any] = field(default_factory=dict)
+    content_hash: str = ""  # of the version's content: schemas, binding, model
 
     @property
     def id(self) -> str:

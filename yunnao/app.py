@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio.to_thread
 import sqlalchemy as sa
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,8 +23,19 @@ from yunnao.registry import api, db, migrate, openapi, tokens
 from yunnao.registry.auth import AuthMiddleware
 from yunnao.registry.problems import EXCEPTION_HANDLERS
 from yunnao.registry.publishing import Publisher
+from yunnao.registry.request_id import RequestIdMiddleware
 from yunnao.registry.schemas import Health
 from yunnao.registry.store import RegistryStore
+from yunnao.runtimes import api as gateway_api
+from yunnao.runtimes import builtin as builtin_runtimes
+from yunnao.runtimes import v2
+from yunnao.runtimes.base import RuntimeContext
+from yunnao.runtimes.gateway import Gateway
+from yunnao.runtimes.jobs import Jobs
+from yunnao.runtimes.loading import load_runnable
+from yunnao.runtimes.manager import Runtimes
+from yunnao.runtimes.metrics import Metrics
+from yunnao.runtimes.usage import UsageLog
 
 from .settings import Settings
 
@@ -40,10 +52,17 @@ def model_store(settings: Settings) -> Any:
 
 
 def load_plugins(settings: Settings) -> Plugins:
-    """The installed plugins; each one that fails is logged with its cause and left out."""
+    """The built-in runtimes and the installed plugins; each plugin that fails is logged
+    with its cause and left out."""
     plugins = Plugins()
+    plugins.add(builtin_runtimes, name="yunnao-runtimes", source="built-in")
     if settings.plugins:
         plugins.load_entry_points()
+    for target in settings.plugin_targets:
+        try:
+            plugins.load_target(target)
+        except LookupError as exc:
+            log.warning("plugin %s not loaded: %s", target, exc)
     for problem in plugins.problems:
         log.warning("%s", problem)
     return plugins
@@ -97,7 +116,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
     public_key = key.public_key()
     store = RegistryStore(engine, settings.node_id)
     store.ensure_node(title=settings.node_title, public_key=tokens.public_key_text(key))
-    publisher = Publisher(store, model_store(settings))
+    models = model_store(settings)
+    publisher = Publisher(store, models)
+    context = RuntimeContext(
+        node_id=settings.node_id,
+        data_dir=settings.data_dir.resolve(),
+        tracking_uri=models.tracking_uri,
+        registry_uri=models.registry_uri,
+        load_model=lambda uri: load_runnable(uri, models.tracking_uri, models.registry_uri),
+        capabilities=plugins.capabilities,
+    )
+    runtimes = Runtimes(plugins.runtimes, settings.runtimes, context)
+    metrics = Metrics()
+    usage = UsageLog(engine)
+
+    def alias_lookup(namespace: str, name: str, alias: str) -> str | None:
+        uri = models.alias_version(namespace, name, alias)
+        return None if uri is None else store.version_of_model(namespace, name, uri)
+
+    gateway = Gateway(store, runtimes, plugins, usage, metrics, alias_lookup=alias_lookup)
+    jobs = Jobs(
+        engine,
+        gateway,
+        metrics,
+        workers=settings.job_workers,
+        lease_grace=settings.job_lease_grace,
+        max_attempts=settings.job_max_attempts,
+    )
 
     def verify(token: str) -> Any:
         return tokens.verify(public_key, settings.node_id, token)
@@ -125,8 +170,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Health(status="ready", node=settings.node_id).model_dump(exclude_none=True)
         )
 
+    async def prometheus(request: Request) -> Response:
+        for rtype, health in (await runtimes.health()).items():
+            metrics.runtime_up.labels(rtype).set(1 if health.ok else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    endpoints = api.ENDPOINTS + gateway_api.ENDPOINTS + v2.ENDPOINTS
     spec = openapi.document(
-        api.ENDPOINTS,
+        endpoints,
         title=f"Yunnao node {settings.node_id}",
         version=__version__,
         extra_paths={
@@ -149,6 +200,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (invocations, latency, jobs, runtimes)",
+                    "tags": ["node"],
+                    "responses": {"200": {"description": "text exposition format"}},
+                }
+            },
         },
     )
 
@@ -160,7 +219,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.publish_plugins:
             await anyio.to_thread.run_sync(publish_new, publisher, plugins)
         await anyio.to_thread.run_sync(store.warm)  # the first search should not pay for it
-        yield
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(usage.run)
+            if settings.job_workers:
+                tg.start_soon(jobs.run)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+        await runtimes.close()
         engine.dispose()
 
     app = Starlette(
@@ -168,9 +235,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
-            *api.routes(),
+            Route("/metrics", prometheus, methods=["GET"]),
+            *api.routes(endpoints),
         ],
-        middleware=[Middleware(AuthMiddleware, verify=verify)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(AuthMiddleware, verify=verify),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
@@ -179,6 +250,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_body_bytes=settings.max_body_bytes,
         publisher=publisher,
         capabilities=plugins.capabilities,
+    )
+    app.state.invoker = gateway_api.Invoker(
+        gateway=gateway,
+        jobs=jobs,
+        default_timeout=settings.invoke_timeout,
+        max_timeout=settings.max_invoke_timeout,
+        max_body_bytes=settings.max_body_bytes,
     )
     app.state.settings = settings
     return app

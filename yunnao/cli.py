@@ -157,6 +157,14 @@ def main() -> None:
     "into <node id>.<plugin>  [env YUNNAO_PUBLISH_PLUGINS]",
 )
 @click.option(
+    "--plugin",
+    "plugin_targets",
+    multiple=True,
+    metavar="TARGET",
+    help="Also load this plugin: a package directory, a .py file or a module (repeatable; "
+    "for trying a plugin before installing it)",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -170,6 +178,7 @@ def serve(
     host: str,
     port: int,
     publish_plugins: bool | None,
+    plugin_targets: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run a registry node.
@@ -191,6 +200,7 @@ def serve(
         host=host,
         port=port,
         publish_plugins=publish_plugins,
+        plugin_targets=list(plugin_targets) or None,
     )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))

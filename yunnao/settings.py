@@ -4,6 +4,7 @@ embedded defaults (SQLite under ``./var``, a generated node key)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,11 +31,28 @@ class Settings(BaseSettings):
         None, description="MLflow model registry URI, if not the tracking URI"
     )
     plugins: bool = Field(True, description="load the plugins installed in the `yunnao` group")
+    plugin_targets: list[str] = Field(
+        default_factory=list,
+        description="further plugins to load: package directories, .py files or modules "
+        '(JSON list in the environment, e.g. ["./my_plugin"])',
+    )
     publish_plugins: bool = Field(
         False,
         description="on start, publish every loaded capability whose version is not in the "
         "registry yet, into <node>.<plugin> (what `make run` does for the examples)",
     )
+    runtimes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='configuration per runtime type, as JSON, e.g. {"triton": {"url": '
+        '"127.0.0.1:8001", "repository": "/srv/triton"}, "rayserve": {"address": "auto"}}',
+    )
+    invoke_timeout: float = Field(30.0, gt=0, description="default seconds a call may take")
+    max_invoke_timeout: float = Field(300.0, gt=0, description="most a caller may ask for")
+    job_workers: int = Field(2, ge=0, description="asynchronous jobs run at once per node")
+    job_lease_grace: float = Field(
+        30.0, gt=0, description="seconds past its timeout before a job of a dead node reruns"
+    )
+    job_max_attempts: int = Field(5, ge=1, description="tries of a job while a runtime is down")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")

@@ -1,0 +1,218 @@
+"""HTTP routes of the gateway: invoke, jobs, runtime bindings and runtime health."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio.to_thread
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from yunnao.plugins.errors import FieldError, ValidationFailed
+from yunnao.registry import schemas
+from yunnao.registry.access import require_operator
+from yunnao.registry.api import Endpoint
+from yunnao.registry.auth import identity_of
+from yunnao.registry.http import json_response, read_model
+
+from .gateway import Gateway
+from .jobs import Jobs
+
+
+@dataclass(frozen=True)
+class Invoker:
+    """What the gateway routes need from the node."""
+
+    gateway: Gateway
+    jobs: Jobs
+    default_timeout: float = 30.0
+    max_timeout: float = 300.0
+    max_body_bytes: int = 1 << 20
+
+
+class InvokeRequest(BaseModel):
+    """Body of ``POST /v1/invoke/{namespace}/{name}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(description="the capability's parameters, by name")
+    timeout: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="seconds to wait for the answer; default and maximum: the node's"
+    )
+    callback_url: AnyHttpUrl | None = Field(
+        None,
+        description="asynchronous calls only: the finished job is POSTed here as JSON",
+    )
+
+
+class InvokeResponse(BaseModel):
+    output: Any = Field(description="the capability's answer, valid against its output schema")
+    capability: str = Field(description="namespace/name@version that answered")
+    request_id: str
+    latency_ms: float
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: str = Field(description="queued, running, succeeded or failed")
+    capability: str
+    attempts: int
+    request_id: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    output: Any = Field(None, description="when succeeded")
+    error: dict[str, Any] | None = Field(None, description="problem document, when failed")
+    callback: dict[str, Any] | None = None
+
+
+class RuntimeStatus(BaseModel):
+    available: list[str]
+    health: dict[str, dict[str, Any]] = Field(description="runtimes started at this node")
+
+
+def _invoker(request: Request) -> Invoker:
+    return request.app.state.invoker
+
+
+def _wants_async(request: Request) -> bool:
+    prefer = request.headers.get("prefer", "")
+    return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+async def invoke(request: Request) -> Response:
+    invoker = _invoker(request)
+    gateway = invoker.gateway
+    identity = identity_of(request)
+    namespace, name_ref = request.path_params["namespace"], request.path_params["name"]
+    body = await read_model(request, InvokeRequest, invoker.max_body_bytes)
+    timeout = body.timeout or invoker.default_timeout
+    if timeout > invoker.max_timeout:
+        raise ValidationFailed(
+            f"timeout: at most {invoker.max_timeout:g} s at this node",
+            errors=[FieldError("timeout", f"at most {invoker.max_timeout:g}")],
+        )
+    call = await gateway.resolve(identity, namespace, name_ref)
+    request_id = request.state.request_id
+    headers = {"Deprecation": "true"} if call.deprecated else {}
+    if _wants_async(request):
+        inputs = gateway.validate(call.target, "input", body.input)
+        job = await anyio.to_thread.run_sync(
+            lambda: invoker.jobs.submit(
+                call,
+                identity,
+                inputs,
+                timeout=timeout,
+                callback_url=str(body.callback_url) if body.callback_url else None,
+                request_id=request_id,
+            )
+        )
+        invoker.jobs.wake()
+        headers.update({"Location": f"/v1/jobs/{job['id']}", "Preference-Applied": "respond-async"})
+        return JSONResponse(job, status_code=202, headers=headers)
+    if body.callback_url is not None:
+        raise ValidationFailed(
+            "callback_url needs an asynchronous call (header Prefer: respond-async)",
+            errors=[FieldError("callback_url", "only with Prefer: respond-async")],
+        )
+    started = anyio.current_time()
+    output = await gateway.invoke(
+        identity, call, body.input, timeout=timeout, request_id=request_id
+    )
+    answer = {
+        "output": output,
+        "capability": call.target.id,
+        "request_id": request_id,
+        "latency_ms": round((anyio.current_time() - started) * 1000, 3),
+    }
+    return JSONResponse(answer, headers=headers)
+
+
+async def get_job(request: Request) -> Response:
+    jobs = _invoker(request).jobs
+    job = await anyio.to_thread.run_sync(jobs.get, identity_of(request), request.path_params["id"])
+    return JSONResponse(job)
+
+
+async def set_runtime(request: Request) -> Response:
+    invoker = _invoker(request)
+    namespace, name = request.path_params["namespace"], request.path_params["name"]
+    version = request.path_params["version"]
+    require_operator(identity_of(request), namespace)
+    binding = await read_model(request, schemas.RuntimeBinding, invoker.max_body_bytes)
+    available = invoker.gateway.runtimes.factories
+    if binding.type not in available:
+        raise ValidationFailed(
+            f"type: this node has no runtime {binding.type!r}",
+            errors=[FieldError("type", f"one of: {', '.join(sorted(available))}")],
+        )
+    result, etag = await anyio.to_thread.run_sync(
+        lambda: invoker.gateway.store.set_runtime(
+            namespace, name, version, binding, if_match=request.headers.get("if-match")
+        )
+    )
+    return json_response(result, etag=etag)
+
+
+async def runtime_status(request: Request) -> Response:
+    runtimes = _invoker(request).gateway.runtimes
+    health = await runtimes.health()
+    body = RuntimeStatus(
+        available=sorted(runtimes.factories),
+        health={k: {"ok": h.ok, "detail": h.detail} for k, h in health.items()},
+    )
+    return json_response(body)
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/v1/invoke/{namespace}/{name}",
+        invoke,
+        "invoke",
+        "Invoke a capability (name, name@version, name@latest or name@<MLflow alias>)",
+        tag="invocation",
+        body=InvokeRequest,
+        response=InvokeResponse,
+        errors=(400, 401, 404, 409, 410, 413, 415, 422, 500, 503, 504),
+        description="Synchronous by default. With the header `Prefer: respond-async` the "
+        "call is queued as a durable job: 202 with the job and its `Location` "
+        "(`/v1/jobs/{id}`); give `callback_url` to have the finished job POSTed to you. "
+        "Every response carries `X-Request-Id`; a deprecated version answers with "
+        "`Deprecation: true`.",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/jobs/{id}",
+        get_job,
+        "getJob",
+        "Status and result of an asynchronous invocation",
+        tag="invocation",
+        response=JobStatus,
+        errors=(401, 404),
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/capabilities/{namespace}/{name}/versions/{version}/runtime",
+        set_runtime,
+        "setRuntime",
+        "Bind a version to a runtime (or reconfigure it) without republishing",
+        tag="invocation",
+        body=schemas.RuntimeBinding,
+        response=schemas.Version,
+        errors=(400, 401, 403, 404, 412, 413, 415, 422),
+        auth="required",
+        conditional=True,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/runtimes",
+        runtime_status,
+        "runtimeStatus",
+        "The runtimes of this node and their health",
+        tag="invocation",
+        response=RuntimeStatus,
+    ),
+)

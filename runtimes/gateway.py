@@ -1,0 +1,298 @@
+"""The invocation gateway: from ``namespace/name[@ref]`` and a JSON input to an answer.
+
+The path of one call: resolve the reference to a version (cached; the node's own
+writes invalidate at once, other nodes' within ``cache_ttl``) → access check →
+input validated against the version's JSON Schema (422 naming each field) →
+``yunnao_before_invoke`` hooks → the runtime bound to the version (deployed on first
+use) → output validated → ``yunnao_after_invoke`` hooks → usage record and metrics.
+
+Failures become problems: a retired version 410, a runtime down 503 with
+``Retry-After``, a timeout 504, a capability that raised 500 with an error id (its
+message goes to the node's log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from jsonschema import Draft202012Validator
+
+from yunnao.plugins.capability import Invocation
+from yunnao.plugins.errors import (
+    FieldError,
+    Gone,
+    NotFound,
+    ValidationFailed,
+    YunnaoError,
+)
+from yunnao.plugins.loader import Plugins
+from yunnao.registry import names
+from yunnao.registry.access import Identity, discoverable, in_scopes
+from yunnao.registry.store import RegistryStore, Resolution
+
+from .base import CapabilityError, InvocationTimeout, RuntimeDown, Target
+from .manager import Runtimes
+from .metrics import Metrics
+from .usage import Usage, UsageLog
+
+log = logging.getLogger("yunnao.gateway")
+
+# Deploying (loading a model, starting a deployment) is not part of a call's timeout.
+DEPLOY_TIMEOUT = 300.0
+
+
+class CapabilityFailed(YunnaoError):
+    """The capability (or its runtime) failed; ``error_id`` finds it in the node's log."""
+
+    status, slug, title = 500, "capability-failed", "Capability failed"
+
+
+class InvalidOutput(YunnaoError):
+    """The capability answered with output its own schema does not allow."""
+
+    status, slug, title = 500, "invalid-output", "Capability returned invalid output"
+
+
+@dataclass(frozen=True)
+class Call:
+    """A resolved reference: the target version and how it is listed."""
+
+    target: Target
+    status: str  # the version's lifecycle status
+    classification: str
+
+    @property
+    def deprecated(self) -> bool:
+        return self.status == "deprecated"
+
+
+def split_ref(name_ref: str) -> tuple[str, str | None]:
+    """``"flow-forecast@1.2.0"`` → ``("flow-forecast", "1.2.0")``; no ``@`` → ref None."""
+    name, sep, ref = name_ref.partition("@")
+    return name, (ref if sep else None)
+
+
+def target_of(version: Any) -> Target:
+    """The runtime target of a :class:`~yunnao.registry.schemas.Version`."""
+    return Target(
+        namespace=version.namespace,
+        name=version.name,
+        version=version.version,
+        runtime=version.runtime.type,
+        config=version.runtime.config,
+        model_uri=version.model_uri,
+        input_schema=version.input_schema,
+        output_schema=version.output_schema,
+        content_hash=version.content_hash,
+    )
+
+
+def schema_errors(validator: Draft202012Validator, data: Any, prefix: str) -> list[FieldError]:
+    """JSON Schema violations as field errors (``input.readings[2]``: message)."""
+    out = []
+    for err in validator.iter_errors(data):
+        path = prefix
+        for part in err.absolute_path:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else ""
+            out.append(FieldError(f"{path}.{missing}", "field required"))
+        elif err.validator == "additionalProperties":
+            extra = set(err.instance) - set(err.schema.get("properties", {}))
+            out.extend(FieldError(f"{path}.{k}", "unknown field") for k in sorted(extra))
+        else:
+            out.append(FieldError(path, err.message))
+    return sorted(out, key=lambda e: e.field)
+
+
+class Gateway:
+    """Resolves and runs calls; shared by the HTTP routes, the V2 protocol and jobs."""
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        runtimes: Runtimes,
+        plugins: Plugins,
+        usage: UsageLog,
+        metrics: Metrics,
+        *,
+        alias_lookup: Callable[[str, str, str], str | None] | None = None,
+        cache_ttl: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.runtimes = runtimes
+        self.plugins = plugins
+        self.usage = usage
+        self.metrics = metrics
+        self.alias_lookup = alias_lookup
+        self.cache_ttl = cache_ttl
+        self._cache: dict[tuple[str, str, str | None], tuple[float, int, Resolution]] = {}
+        self._validators: dict[tuple[str, str, str], Draft202012Validator] = {}
+
+    # ------------------------------------------------------------ resolution
+
+    async def resolve(self, identity: Identity, namespace: str, name_ref: str) -> Call:
+        """The version ``namespace/name[@ref]`` means for ``identity``, or the problem
+        (404 for what the caller may not see, 410 for a retired version)."""
+        name, ref = split_ref(name_ref)
+        resolution = await self._resolution(namespace, name, ref)
+        version = resolution.version
+        # A capability whose versions are all retired leaves the catalog, but a caller
+        # holding its address should learn it is retired (410), not that it never was.
+        listed_as = resolution.capability_status
+        visible = discoverable(
+            identity,
+            classification=resolution.classification,
+            status="published" if listed_as == "retired" else listed_as,
+            scoped=in_scopes(identity, namespace),
+            writable=identity.writes(namespace),
+        )
+        if not visible or (version.status == "draft" and not identity.writes(namespace)):
+            raise NotFound(f"no capability {namespace}/{name_ref}")
+        if version.status == "retired":
+            raise Gone(
+                f"{version.id} is retired; call a current version "
+                f"(see /v1/capabilities/{namespace}/{name}/versions)"
+            )
+        return Call(target_of(version), version.status, resolution.classification)
+
+    async def _resolution(self, namespace: str, name: str, ref: str | None) -> Resolution:
+        key = (namespace, name, ref)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now and hit[1] == self.store.generation:
+            return hit[2]
+        generation = self.store.generation
+        number = ref
+        if ref is not None and ref != "latest" and not names.is_semver(ref):
+            number = await anyio.to_thread.run_sync(self._alias, namespace, name, ref)
+        resolution = await anyio.to_thread.run_sync(self.store.resolve, namespace, name, number)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now + self.cache_ttl, generation, resolution)
+        return resolution
+
+    def _alias(self, namespace: str, name: str, alias: str) -> str:
+        number = self.alias_lookup(namespace, name, alias) if self.alias_lookup else None
+        if number is None:
+            raise NotFound(f"{namespace}/{name} has no version or alias {alias!r}")
+        return number
+
+    # ------------------------------------------------------------ validation
+
+    def validate(self, target: Target, which: str, data: Any) -> Any:
+        """``data`` checked against the target's input or output schema."""
+        key = (target.id, which, target.content_hash)
+        validator = self._validators.get(key)
+        if validator is None:
+            schema = target.input_schema if which == "input" else target.output_schema
+            validator = Draft202012Validator(schema)
+            self._validators[key] = validator
+        if which == "input" and not isinstance(data, dict):
+            raise ValidationFailed(
+                "input must be a JSON object of the capability's parameters",
+                errors=[FieldError("input", "expected an object")],
+            )
+        errors = schema_errors(validator, data, which)
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            detail = f"{errors[0].field}: {errors[0].message}{more}"
+            if which == "input":
+                raise ValidationFailed(detail, errors=errors)
+            raise InvalidOutput(f"{target.id} answered with invalid output: {detail}")
+        return data
+
+    # ------------------------------------------------------------ invocation
+
+    async def invoke(
+        self,
+        identity: Identity,
+        call: Call,
+        inputs: Any,
+        *,
+        timeout: float,
+        request_id: str | None = None,
+        mode: str = "sync",
+    ) -> Any:
+        """Run ``call`` on ``inputs``; the output, or a :class:`YunnaoError`. Every call
+        leaves a usage record and metrics, whatever its outcome."""
+        target = call.target
+        started = time.perf_counter()
+        status, error_id = 200, None
+        gauge = self.metrics.in_flight.labels(target.runtime)
+        try:
+            inputs = self.validate(target, "input", inputs)
+            invocation = Invocation(target.id, inputs, identity.subject, request_id)
+            hooks = self.plugins.has_invoke_hooks
+            if hooks:
+                invocation = self.plugins.before_invoke(
+                    invocation, lambda d: self.validate(target, "input", d)
+                )
+            with anyio.fail_after(DEPLOY_TIMEOUT):
+                runtime = await self.runtimes.ready(target)
+            gauge.inc()
+            try:
+                # The runtime enforces the timeout; this is the safety net for one that
+                # does not (a hung connection, a bug), with a little slack.
+                with anyio.fail_after(timeout + 2):
+                    output = await runtime.invoke(target, invocation.inputs, timeout=timeout)
+            except TimeoutError:
+                raise InvocationTimeout(
+                    f"{target.id} did not answer within {timeout:g} s"
+                ) from None
+            finally:
+                gauge.dec()
+            if target.runtime != "inprocess":  # in process, the capability's type checked it
+                self.validate(target, "output", output)
+            if hooks:
+                output = self.plugins.after_invoke(invocation, output)
+            return output
+        except RuntimeDown as exc:
+            status = exc.status
+            self.runtimes.forget(target)  # deploy again once it is back
+            raise
+        except (CapabilityError, InvalidOutput) as exc:
+            status, error_id = 500, uuid.uuid4().hex[:16]
+            log.error("%s failed (error id %s): %s", target.id, error_id, exc.detail)
+            raise CapabilityFailed(
+                f"{target.id} failed; quote error id {error_id} to its owner",
+                extra={"error_id": error_id},
+            ) from None
+        except YunnaoError as exc:
+            status = exc.status
+            raise
+        except Exception:
+            status, error_id = 500, uuid.uuid4().hex[:16]
+            log.exception("invoking %s failed (error id %s)", target.id, error_id)
+            raise CapabilityFailed(
+                f"invoking {target.id} failed; quote error id {error_id} to this node's operator",
+                extra={"error_id": error_id},
+            ) from None
+        finally:
+            elapsed = time.perf_counter() - started
+            label = f"{target.namespace}/{target.name}"
+            self.metrics.invocations.labels(
+                label, target.version, target.runtime, mode, str(status)
+            ).inc()
+            self.metrics.latency.labels(label, target.runtime).observe(elapsed)
+            self.usage.record(
+                Usage(
+                    namespace=target.namespace,
+                    name=target.name,
+                    version=target.version,
+                    runtime=target.runtime,
+                    mode=mode,
+                    status=status,
+                    latency_ms=round(elapsed * 1000, 3),
+                    caller=identity.subject,
+                    request_id=request_id,
+                    error_id=error_id,
+                )
+            )

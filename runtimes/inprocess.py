@@ -1,0 +1,244 @@
+"""The ``inprocess`` runtime: capabilities run inside the node, off its event loop.
+
+A version runs from its published MLflow model (code and artifacts as published), or,
+for an entry without a model, from the plugin loaded at the node under the same name
+and version. Two executors:
+
+- ``thread`` (default): worker threads. Cheapest per call; a call that overruns its
+  timeout is answered with 504 at once and its thread is left to finish (Python
+  cannot stop a thread), without holding a concurrency slot.
+- ``process``: a pool of worker processes (spawned), for CPU-bound capabilities that
+  hold the GIL. A call that overruns its timeout gets 504 and the pool is replaced, so
+  a stuck worker never wedges the node; calls in flight on that pool get 503.
+
+Each target has its own concurrency limit (binding config ``max_concurrency``, default
+the node's ``max_concurrency``): calls beyond it wait, within their timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from collections.abc import Mapping
+from multiprocessing.pool import Pool
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from yunnao.plugins.errors import FieldError, ValidationFailed, YunnaoError
+
+from .base import (
+    CapabilityError,
+    InvocationTimeout,
+    NotDeployable,
+    RuntimeContext,
+    RuntimeDown,
+    RuntimeHealth,
+    Target,
+)
+from .loading import Runnable, from_capability, load_runnable
+
+log = logging.getLogger("yunnao.runtimes.inprocess")
+
+EXECUTORS = ("thread", "process")
+
+
+class InProcessRuntime:
+    """Runs capability versions in this process (threads) or in a local process pool."""
+
+    type = "inprocess"
+
+    def __init__(self, config: Mapping[str, Any], context: RuntimeContext) -> None:
+        self.context = context
+        self.executor = str(config.get("executor", "thread"))
+        if self.executor not in EXECUTORS:
+            raise ValueError(
+                f"inprocess executor must be one of {EXECUTORS}, not {self.executor!r}"
+            )
+        self.processes = int(config.get("processes", 0)) or max(1, (os.cpu_count() or 2) - 1)
+        self.max_concurrency = int(config.get("max_concurrency", 8))
+        self._runnables: dict[str, Runnable] = {}  # thread executor: slug -> runnable
+        self._sources: dict[str, tuple[str, str]] = {}  # process executor: slug -> source
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._pool: Pool | None = None
+
+    # ------------------------------------------------------------ protocol
+
+    async def deploy(self, target: Target) -> None:
+        if target.slug in self._limiters:
+            return
+        limit = int(target.config.get("max_concurrency", self.max_concurrency))
+        if self.executor == "thread":
+            runnable = await anyio.to_thread.run_sync(self._load, target)
+            self._runnables[target.slug] = runnable
+        else:
+            self._sources[target.slug] = await anyio.to_thread.run_sync(self._source, target)
+        self._limiters[target.slug] = anyio.CapacityLimiter(max(1, limit))
+
+    async def undeploy(self, target: Target) -> None:
+        self._runnables.pop(target.slug, None)
+        self._sources.pop(target.slug, None)
+        self._limiters.pop(target.slug, None)
+
+    async def invoke(self, target: Target, inputs: dict[str, Any], *, timeout: float) -> Any:
+        if target.slug not in self._limiters:
+            await self.deploy(target)
+        limiter = self._limiters[target.slug]
+        try:
+            with anyio.fail_after(timeout):
+                if self.executor == "thread":
+                    return await self._in_thread(target, inputs, limiter)
+                async with limiter:
+                    return await self._in_process(target, inputs)
+        except TimeoutError:
+            if self.executor == "process":
+                self._recycle_pool(f"{target.id} overran its {timeout:g} s timeout")
+            raise InvocationTimeout(f"{target.id} did not answer within {timeout:g} s") from None
+
+    async def health(self) -> RuntimeHealth:
+        return RuntimeHealth(True, f"{self.executor} executor")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "executor": self.executor,
+            "processes": self.processes if self.executor == "process" else None,
+            "max_concurrency": self.max_concurrency,
+            "deployed": sorted(self._limiters),
+        }
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    # ------------------------------------------------------------ threads
+
+    async def _in_thread(
+        self, target: Target, inputs: dict[str, Any], limiter: anyio.CapacityLimiter
+    ) -> Any:
+        runnable = self._runnables[target.slug]
+        try:
+            return await anyio.to_thread.run_sync(
+                runnable, inputs, limiter=limiter, abandon_on_cancel=True
+            )
+        except YunnaoError:
+            raise  # the capability's own validation (422) or an invalid output
+        except Exception as exc:
+            raise CapabilityError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _load(self, target: Target) -> Runnable:
+        if target.model_uri:
+            if self.context.load_model is None:
+                raise NotDeployable(f"{target.id}: this node cannot load MLflow models")
+            return self.context.load_model(target.model_uri)
+        cap = self.context.capabilities.get(target.name)
+        if cap is not None and cap.version == target.version:
+            return from_capability(cap)
+        raise NotDeployable(
+            f"{target.id} has no MLflow model and no plugin loaded here provides it, "
+            "so it cannot run in process"
+        )
+
+    # ------------------------------------------------------------ processes
+
+    def _source(self, target: Target) -> tuple[str, str]:
+        """What a worker process loads: a downloaded model directory, or a plugin entry."""
+        if target.model_uri:
+            if self.context.tracking_uri is None:
+                raise NotDeployable(f"{target.id}: this node has no MLflow to load it from")
+            from .loading import download_model
+
+            return "model", download_model(
+                target.model_uri, self.context.tracking_uri, self.context.registry_uri
+            )
+        cap = self.context.capabilities.get(target.name)
+        if cap is not None and cap.version == target.version:
+            return "entry", cap.entry
+        raise NotDeployable(f"{target.id} has no MLflow model and no plugin loaded here")
+
+    def _get_pool(self) -> Pool:
+        if self._pool is None:
+            # spawn, not fork: the node has threads (and an event loop) that fork would copy.
+            self._pool = multiprocessing.get_context("spawn").Pool(self.processes)
+        return self._pool
+
+    def _recycle_pool(self, why: str) -> None:
+        if self._pool is not None:
+            log.warning("replacing the in-process worker pool: %s", why)
+            self._pool.terminate()
+            self._pool = None
+
+    async def _in_process(self, target: Target, inputs: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def settle(value: Any, failed: bool = False) -> None:
+            if not done.done():
+                if failed:
+                    done.set_exception(value)
+                else:
+                    done.set_result(value)
+
+        pool = self._get_pool()
+        pool.apply_async(
+            _run_in_worker,
+            (self._sources[target.slug], inputs),
+            callback=lambda v: loop.call_soon_threadsafe(settle, v),
+            error_callback=lambda e: loop.call_soon_threadsafe(settle, e, True),
+        )
+        try:
+            kind, *rest = await _until_pool_dies(done, pool, lambda: self._pool)
+        except _PoolGone:
+            raise RuntimeDown(
+                f"the worker pool running {target.id} was replaced (another call timed out)",
+                retry_after=1,
+            ) from None
+        if kind == "ok":
+            return rest[0]
+        error_kind, detail, errors = rest
+        if error_kind == "validation":
+            raise ValidationFailed(detail, errors=[FieldError(**e) for e in errors])
+        raise CapabilityError(detail)
+
+
+class _PoolGone(Exception):
+    pass
+
+
+async def _until_pool_dies(done: asyncio.Future[Any], pool: Pool, current: Any) -> Any:
+    """Await ``done``, but give up when ``pool`` has been replaced (its tasks are lost)."""
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), timeout=0.5)
+        except TimeoutError:
+            if current() is not pool:
+                raise _PoolGone() from None
+
+
+# Worker-process side: one Runnable per source, loaded on first use.
+_WORKER_CACHE: dict[tuple[str, str], Runnable] = {}
+
+
+def _run_in_worker(source: tuple[str, str], inputs: dict[str, Any]) -> tuple[Any, ...]:
+    """Run in a pool process. Errors come back as data: exceptions with keyword state
+    (field errors) do not survive pickling."""
+    try:
+        runnable = _WORKER_CACHE.get(source)
+        if runnable is None:
+            kind, ref = source
+            if kind == "model":
+                runnable = load_runnable(ref)
+            else:
+                from yunnao.registry.pyfunc import find_capability
+
+                runnable = from_capability(find_capability(ref))
+            _WORKER_CACHE[source] = runnable
+        return ("ok", runnable(inputs))
+    except ValidationFailed as exc:
+        return ("error", "validation", exc.detail, [e.as_dict() for e in exc.errors])
+    except Exception as exc:
+        return ("error", "exception", f"{type(exc).__name__}: {exc}", [])

@@ -1,0 +1,349 @@
+"""The Open Inference Protocol (KServe V2), for capabilities whose parameters and
+results are tensors and scalars, so ``tritonclient.http`` and KServe V2 clients call
+them unchanged, whatever runtime serves them.
+
+A capability ``namespace/name`` is the V2 model ``namespace.name`` (names have no
+dots, so the last dot splits them); V2 model versions are capability versions. Each
+top-level input field is a V2 input: an ``x-tensor`` field has its declared datatype
+and shape; a number, integer, boolean or string field is a one-element FP64, INT64,
+BOOL or BYTES tensor. Outputs map the same way (a result that is not an object is
+the single output ``output``). Both JSON and the binary tensor extension
+(``Inference-Header-Content-Length``) are understood, in requests and responses.
+Calls take the gateway's path (access, validation, hooks, runtime, usage records).
+Errors are problem documents that also carry V2's ``error`` member.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from yunnao.plugins.errors import BadRequest, FieldError, NotFound, ValidationFailed, YunnaoError
+from yunnao.plugins.tensor import DATATYPES
+from yunnao.registry.api import Endpoint
+from yunnao.registry.auth import identity_of
+from yunnao.registry.http import read_body
+
+from .base import Target
+from .gateway import Call
+
+HEADER_LENGTH = "inference-header-content-length"
+_SCALARS = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
+
+
+def _spec(prop: dict[str, Any]) -> tuple[str, list[int]] | None:
+    """(datatype, shape) of one schema field, or None if it is not a tensor or scalar."""
+    if "x-tensor" in prop:
+        return prop["x-tensor"]["datatype"], list(prop["x-tensor"]["shape"])
+    kind = prop.get("type")
+    if isinstance(kind, str) and kind in _SCALARS:
+        return _SCALARS[kind], [1]
+    return None
+
+
+def tensor_specs(schema: dict[str, Any]) -> dict[str, tuple[str, list[int]]] | None:
+    """The V2 tensors of an input or output schema, or None if it does not map."""
+    if schema.get("type") == "object" and "properties" in schema:
+        specs = {}
+        for name, prop in schema["properties"].items():
+            spec = _spec(prop)
+            if spec is None:
+                return None
+            specs[name] = spec
+        return specs
+    spec = _spec(schema)
+    return {"output": spec} if spec is not None else None
+
+
+def _model(request: Request) -> tuple[str, str]:
+    model = request.path_params["model"]
+    namespace, dot, name = model.rpartition(".")
+    if not dot:
+        raise NotFound(f"no model {model!r}: V2 model names are <namespace>.<name>")
+    return namespace, name
+
+
+def _name_ref(request: Request) -> str:
+    _, name = _model(request)
+    version = request.path_params.get("version")
+    return f"{name}@{version}" if version else name
+
+
+async def _call(request: Request) -> Call:
+    namespace, _ = _model(request)
+    gateway = request.app.state.invoker.gateway
+    call = await gateway.resolve(identity_of(request), namespace, _name_ref(request))
+    if tensor_specs(dict(call.target.input_schema)) is None:
+        raise NotFound(
+            f"{call.target.id} is not a tensor capability (its parameters are not all tensors "
+            "and scalars): call it with POST /v1/invoke"
+        )
+    return call
+
+
+def v2_errors(handler: Callable[[Request], Awaitable[Response]]) -> Any:
+    """Problems from V2 routes also carry ``error``, the member V2 clients read."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except YunnaoError as exc:
+            exc.extra.setdefault("error", f"{exc.title}: {exc.detail}")
+            raise
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+# ---------------------------------------------------------------- health, metadata
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONResponse(
+        {
+            "name": "yunnao",
+            "version": metadata.version("yunnao"),
+            "extensions": ["binary_tensor_data"],
+        }
+    )
+
+
+async def live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    return JSONResponse({"ready": True})
+
+
+def _tensor_metadata(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    specs = tensor_specs(schema) or {}
+    return [{"name": n, "datatype": d, "shape": s} for n, (d, s) in specs.items()]
+
+
+async def model_metadata(request: Request) -> Response:
+    call = await _call(request)
+    target = call.target
+    return JSONResponse(
+        {
+            "name": request.path_params["model"],
+            "versions": [target.version],
+            "platform": f"yunnao-{target.runtime}",
+            "inputs": _tensor_metadata(dict(target.input_schema)),
+            "outputs": _tensor_metadata(dict(target.output_schema)),
+        }
+    )
+
+
+async def model_ready(request: Request) -> Response:
+    await _call(request)
+    return JSONResponse({"name": request.path_params["model"], "ready": True})
+
+
+# ---------------------------------------------------------------- inference
+
+
+def _decode_bytes(raw: bytes) -> list[str]:
+    items, at = [], 0
+    while at < len(raw):
+        (size,) = struct.unpack_from("<I", raw, at)
+        items.append(raw[at + 4 : at + 4 + size].decode("utf-8"))
+        at += 4 + size
+    return items
+
+
+def _encode_bytes(items: list[str]) -> bytes:
+    out = b""
+    for item in items:
+        data = item.encode("utf-8")
+        out += struct.pack("<I", len(data)) + data
+    return out
+
+
+def _input_value(
+    i: int, tensor: dict[str, Any], spec: tuple[str, list[int]], blob: bytes, at: int
+) -> tuple[Any, int]:
+    """One V2 input as the JSON value of its field; and where the next binary part starts."""
+    where = f"inputs[{i}]"
+    datatype = spec[0]
+    name, given = tensor.get("name"), tensor.get("datatype")
+    shape = tensor.get("shape")
+    if given != datatype:
+        raise ValidationFailed(
+            f"{where} ({name}): datatype {given}, expected {datatype}",
+            errors=[FieldError(f"{where}.datatype", f"expected {datatype}")],
+        )
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValidationFailed(
+            f"{where} ({name}): shape must be a list of sizes",
+            errors=[FieldError(f"{where}.shape", "a list of non-negative integers")],
+        )
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        raw, at = blob[at : at + size], at + size
+        if len(raw) != size:
+            raise BadRequest(f"{where} ({name}): binary data shorter than {size} bytes")
+        if datatype == "BYTES":
+            values: Any = np.array(_decode_bytes(raw), dtype=object)
+        else:
+            values = np.frombuffer(raw, dtype=DATATYPES[datatype])
+    else:
+        if "data" not in tensor:
+            raise ValidationFailed(
+                f"{where} ({name}) has neither data nor binary_data_size",
+                errors=[FieldError(f"{where}.data", "field required")],
+            )
+        dtype = object if datatype == "BYTES" else DATATYPES[datatype]
+        values = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
+    count = int(np.prod(shape)) if shape else 1
+    if values.size != count:
+        raise ValidationFailed(
+            f"{where} ({name}): {values.size} elements do not fill shape {shape}",
+            errors=[
+                FieldError(f"{where}.shape", f"holds {count} elements, data has {values.size}")
+            ],
+        )
+    return values.reshape(shape), at
+
+
+def _inputs(target: Target, header: dict[str, Any], blob: bytes) -> dict[str, Any]:
+    specs = tensor_specs(dict(target.input_schema)) or {}
+    tensors = header.get("inputs")
+    if not isinstance(tensors, list):
+        raise ValidationFailed(
+            "inputs: expected a list of tensors", errors=[FieldError("inputs", "required")]
+        )
+    out: dict[str, Any] = {}
+    at = 0
+    for i, tensor in enumerate(tensors):
+        name = tensor.get("name") if isinstance(tensor, dict) else None
+        if name not in specs:
+            raise ValidationFailed(
+                f"inputs[{i}]: {target.id} has no input {name!r} (it has: {', '.join(specs)})",
+                errors=[FieldError(f"inputs[{i}].name", "unknown input")],
+            )
+        array, at = _input_value(i, tensor, specs[name], blob, at)
+        if "x-tensor" in target.input_schema["properties"][name]:
+            out[name] = array.tolist()
+        elif array.size == 1:
+            item = array.reshape(-1)[0]
+            out[name] = item.item() if hasattr(item, "item") else item
+        else:
+            raise ValidationFailed(
+                f"inputs[{i}] ({name}) is a scalar: send one element",
+                errors=[FieldError(f"inputs[{i}].shape", "one element")],
+            )
+    return out
+
+
+def _outputs(
+    target: Target, output: Any, header: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    schema = dict(target.output_schema)
+    specs = tensor_specs(schema) or {}
+    values = output if "properties" in schema else {"output": output}
+    params = header.get("parameters") or {}
+    requested = {o.get("name"): o.get("parameters") or {} for o in header.get("outputs") or []}
+    binary_default = bool(params.get("binary_data_output"))
+    results, blobs = [], []
+    for name, (datatype, _) in specs.items():
+        if requested and name not in requested:
+            continue
+        value = values.get(name) if isinstance(values, dict) else None
+        if value is None:
+            continue
+        dtype = object if datatype == "BYTES" else DATATYPES[datatype]
+        array = np.asarray(value, dtype=dtype)
+        if array.ndim == 0:
+            array = array.reshape(1)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if requested.get(name, {}).get("binary_data", binary_default):
+            raw = (
+                _encode_bytes([str(v) for v in array.reshape(-1)])
+                if datatype == "BYTES"
+                else array.tobytes()
+            )
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = (
+                [str(v) for v in array.reshape(-1)]
+                if datatype == "BYTES"
+                else array.reshape(-1).tolist()
+            )
+        results.append(entry)
+    return results, blobs
+
+
+async def infer(request: Request) -> Response:
+    invoker = request.app.state.invoker
+    call = await _call(request)
+    raw = await read_body(request, invoker.max_body_bytes)
+    length = request.headers.get(HEADER_LENGTH)
+    if length is not None:
+        if not length.isdigit() or int(length) > len(raw):
+            raise BadRequest(f"{HEADER_LENGTH} {length!r} does not fit the {len(raw)}-byte body")
+        head, blob = raw[: int(length)], raw[int(length) :]
+    else:
+        head, blob = raw, b""
+    try:
+        header = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"inference request is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise BadRequest("inference request must be a JSON object")
+    inputs = _inputs(call.target, header, blob)
+    output = await invoker.gateway.invoke(
+        identity_of(request),
+        call,
+        inputs,
+        timeout=invoker.default_timeout,
+        request_id=request.state.request_id,
+        mode="v2",
+    )
+    outputs, blobs = _outputs(call.target, output, header)
+    body: dict[str, Any] = {
+        "model_name": request.path_params["model"],
+        "model_version": call.target.version,
+        "outputs": outputs,
+    }
+    if "id" in header:
+        body["id"] = header["id"]
+    text = json.dumps(body, separators=(",", ":")).encode()
+    if not blobs:
+        return Response(text, media_type="application/json")
+    return Response(
+        text + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(text))},
+    )
+
+
+M = "/v2/models/{model}"
+MV = "/v2/models/{model}/versions/{version}"
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/v2", server_metadata, "v2ServerMetadata", "V2 server metadata", tag="v2"),
+    Endpoint("GET", "/v2/health/live", live, "v2Live", "V2 liveness", tag="v2"),
+    Endpoint("GET", "/v2/health/ready", ready, "v2Ready", "V2 readiness", tag="v2"),
+    *(
+        e
+        for path, suffix in ((M, ""), (MV, "Version"))
+        for e in (
+            Endpoint("GET", path, v2_errors(model_metadata), f"v2ModelMetadata{suffix}",
+                     "V2 model metadata (inputs and outputs as tensors)", tag="v2",
+                     errors=(401, 404, 410)),
+            Endpoint("GET", path + "/ready", v2_errors(model_ready), f"v2ModelReady{suffix}",
+                     "V2 model readiness", tag="v2", errors=(401, 404, 410)),
+            Endpoint("POST", path + "/infer", v2_errors(infer), f"v2Infer{suffix}",
+                     "V2 inference (JSON or binary tensor data)", tag="v2",
+                     errors=(400, 401, 404, 410, 413, 422, 500, 503, 504)),
+        )
+    ),
+)  # fmt: skip
