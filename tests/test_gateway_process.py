@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,27 @@ def test_queued_jobs_survive_a_crash_and_a_restart(tmp_path: Path) -> None:
         assert all(j["attempts"] >= 1 for j in jobs)
     finally:
         node.stop()
+
+
+def _cli(node: YunnaoProcess, *args: str) -> Any:
+    import subprocess
+    import sys
+
+    yunnao = str(Path(sys.executable).parent / "yunnao")
+    return subprocess.run(
+        [yunnao, *args, "--url", node.url], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_cli_invokes_sync_and_async_and_explains_errors(node: YunnaoProcess) -> None:
+    done = _cli(node, "invoke", f"{NAMESPACE}/greet", "-i", "name=李雷")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == "你好, 李雷."
+    done = _cli(node, "invoke", f"{NAMESPACE}/double@1.0.0", '{"x": [1, 2]}', "--async", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"y": [2.0, 4.0]}
+    done = _cli(node, "invoke", f"{NAMESPACE}/greet", "-i", "nom=x")
+    assert done.returncode == 1
+    assert "422" in done.stderr and "input.name" in done.stderr and "input.nom" in done.stderr
+    done = _cli(node, "runtime", "status")
+    assert done.returncode == 0 and "inprocess" in done.stdout and "up" in done.stdout
