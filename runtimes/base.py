@@ -15,6 +15,7 @@ HTTP answers: :class:`RuntimeDown` (503 with ``Retry-After``), :class:`Invocatio
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ class Target:
         """``namespace/name@version``."""
         return f"{self.namespace}/{self.name}@{self.version}"
 
-    @property
+    @functools.cached_property
     def slug(self) -> str:
         """A name safe for deployments and model repositories (letters, digits, _ and -),
         unique per version: ``sd_qd_traffic__flow-forecast__1_2_0``."""

@@ -52,6 +52,14 @@ class Runtimes:
             self._made[rtype] = runtime
         return runtime
 
+    def deployed(self, target: Target) -> Runtime | None:
+        """The runtime serving ``target`` if it is deployed as currently bound, else None
+        (then :meth:`ready` deploys it)."""
+        current = self._deployed.get(target.slug)
+        if current is not None and current[0] == _binding_key(target):
+            return self._made.get(target.runtime)
+        return None
+
     async def ready(self, target: Target) -> Runtime:
         """The runtime serving ``target``, deployed as currently bound."""
         runtime = self.get(target.runtime)

@@ -5,6 +5,8 @@ Each node app has its own registry, so several apps can live in one process (tes
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # From half a millisecond (an in-process call) to a minute (a slow model).
@@ -15,6 +17,8 @@ LATENCY_BUCKETS = (
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._gauges: dict[str, Any] = {}
         self.registry = CollectorRegistry()
         self.invocations = Counter(
             "yunnao_invocations",
@@ -47,3 +51,24 @@ class Metrics:
             ["runtime"],
             registry=self.registry,
         )
+
+    def in_flight_of(self, runtime: str) -> Any:
+        gauge = self._gauges.get(runtime)
+        if gauge is None:
+            gauge = self._gauges[runtime] = self.in_flight.labels(runtime)
+        return gauge
+
+    def observe(
+        self, capability: str, version: str, runtime: str, mode: str, status: int, seconds: float
+    ) -> None:
+        """Count one finished invocation and its latency."""
+        key = (capability, version, runtime, mode, status)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds tuples: once per series
+            children = (
+                self.invocations.labels(capability, version, runtime, mode, str(status)),
+                self.latency.labels(capability, runtime),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

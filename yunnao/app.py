@@ -175,7 +175,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             metrics.runtime_up.labels(rtype).set(1 if health.ok else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    endpoints = api.ENDPOINTS + gateway_api.ENDPOINTS + v2.ENDPOINTS
+    # The invocation routes first: they take the most traffic, and routes match in order.
+    endpoints = gateway_api.ENDPOINTS + v2.ENDPOINTS + api.ENDPOINTS
     spec = openapi.document(
         endpoints,
         title=f"Yunnao node {settings.node_id}",
@@ -232,11 +233,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
+            *api.routes(endpoints),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
-            *api.routes(endpoints),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),

@@ -731,6 +731,29 @@ def _load_plugins(targets: tuple[str, ...], *, entry_points: bool = True) -> Any
     "[default: production, or none for a draft]",
 )
 @click.option("--no-alias", is_flag=True, help="Set no MLflow alias")
+@click.option(
+    "--bentoml",
+    "bentoml_service",
+    is_flag=True,
+    help="TARGET is a BentoML service (module:Class): register each of its APIs as a "
+    "capability bound to the bentoml runtime (needs --namespace and --version)",
+)
+@click.option(
+    "--working-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="With --bentoml: the directory to import the service from  [default: .]",
+)
+@click.option("--version", "version", help="With --bentoml: the version to publish, e.g. 1.0.0")
+@click.option(
+    "--classification",
+    type=click.Choice(["public", "internal", "restricted"]),
+    help="With --bentoml: who may discover and call them  [default: internal]",
+)
+@click.option(
+    "--service-url",
+    help="With --bentoml: call an already running service at this URL instead of having "
+    "the node start `bentoml serve`",
+)
 @node_options
 @mlflow_option
 @click.option("--json", "as_json", is_flag=True, help="Print the published versions as JSON")
@@ -741,6 +764,11 @@ def publish(
     status: str,
     aliases: tuple[str, ...],
     no_alias: bool,
+    bentoml_service: bool,
+    working_dir: str | None,
+    version: str | None,
+    classification: str | None,
+    service_url: str | None,
     node_id: str | None,
     data_dir: str | None,
     database_url: str | None,
@@ -756,11 +784,36 @@ def publish(
     step fails, what earlier steps made is removed. Run it where the node's store and
     MLflow are reachable (the node's machine, on embedded defaults). Examples:
 
+    With --bentoml, TARGET is a BentoML service instead: each API becomes a capability
+    (schemas from the API signatures, description from its docstring) bound to the
+    `bentoml` runtime, recorded in the registry; the service's code stays where it is.
+
     \b
         yunnao publish yunnao-example-traffic        # an installed distribution
         yunnao publish ./my_plugin.py --namespace local.env
+        yunnao publish --bentoml service:NoiseService --working-dir examples/bento \\
+            --namespace local.env --version 1.0.0
     """
     import logging
+
+    if bentoml_service:
+        _publish_bentoml(
+            target,
+            names_=names_,
+            namespace=namespace,
+            version=version,
+            status=status,
+            working_dir=working_dir,
+            service_url=service_url,
+            classification=classification or "internal",
+            settings=_settings(node_id=node_id, data_dir=data_dir, database_url=database_url),
+            as_json=as_json,
+        )
+        return
+    if working_dir or version or service_url or classification:
+        raise click.UsageError(
+            "--working-dir, --version, --classification and --service-url go with --bentoml"
+        )
 
     from yunnao.plugins.errors import YunnaoError
     from yunnao.registry.publishing import STEPS, Publisher
@@ -851,6 +904,80 @@ def publish(
     engine.dispose()
     if as_json:
         _print_json([r.version.model_dump(mode="json") for r in results])
+    if failures:
+        sys.exit(1)
+
+
+def _publish_bentoml(
+    service: str,
+    *,
+    names_: tuple[str, ...],
+    namespace: str | None,
+    version: str | None,
+    status: str,
+    working_dir: str | None,
+    service_url: str | None,
+    classification: str,
+    settings: Any,
+    as_json: bool,
+) -> None:
+    """Register the APIs of a BentoML service as capabilities bound to the bentoml runtime."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from yunnao.plugins.errors import YunnaoError, field_errors
+    from yunnao.registry.schemas import PublishRequest
+    from yunnao.registry.store import RegistryStore
+    from yunnao.runtimes.bentoml_services import service_capabilities
+
+    from .app import SchemaOutOfDate, prepare_store
+
+    if not namespace or not version:
+        raise click.UsageError("--bentoml needs --namespace and --version")
+    with err_console.status(f"reading the APIs of {service}"):
+        try:
+            specs = service_capabilities(service, Path(working_dir or ".").resolve())
+        except (ValueError, ImportError) as exc:
+            raise click.BadParameter(str(exc), param_hint="TARGET") from None
+    if names_:
+        specs = [s for s in specs if s["name"] in names_]
+    if not specs:
+        raise click.ClickException(f"{service} has no API that can be published")
+    try:
+        engine = prepare_store(settings)
+    except SchemaOutOfDate as exc:
+        raise click.ClickException(str(exc)) from None
+    store = RegistryStore(engine, settings.node_id)
+    results, failures = [], 0
+    for spec in specs:
+        name = spec.pop("name")
+        if service_url:
+            spec["runtime"] = {
+                "type": "bentoml",
+                "config": {"url": service_url, "api": spec["runtime"]["config"]["api"]},
+            }
+        label = f"{namespace}/{name}@{version}"
+        try:
+            request = PublishRequest(
+                version=version, status=status, classification=classification, **spec
+            )
+            results.append(store.publish(namespace, name, request))
+        except ValidationError as exc:
+            failures += 1
+            errors = field_errors(exc)
+            err_console.print(f"[red]✗[/red] {label}: " + "; ".join(
+                f"{e.field}: {e.message}" for e in errors), soft_wrap=True)  # fmt: skip
+            continue
+        except YunnaoError as exc:
+            failures += 1
+            err_console.print(f"[red]✗[/red] {label}: {exc.detail}", soft_wrap=True)
+            continue
+        if not as_json:
+            err_console.print(f"[green]✓[/green] {label} → bentoml {service}", soft_wrap=True)
+    engine.dispose()
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in results])
     if failures:
         sys.exit(1)
 

@@ -1,0 +1,303 @@
+"""Invocation throughput and latency: the gateway against what it fronts.
+
+One load generator (``wrk``, ``apt-get install wrk``) sends the same request (a greeting
+for one name, the ``greet`` capability of ``tests/data/rtplugin``) to each target, for
+``--duration`` seconds at concurrency 1 and 32, after a warm-up:
+
+(a) a bare Starlette JSON endpoint (``bench/bare_app.py``, same uvicorn);
+(b) the gateway → the in-process runtime;
+(c) Triton directly (V2 infer on the python-backend model) vs the gateway → Triton;
+(d) BentoML directly vs the gateway → BentoML;
+(e) Ray Serve's own HTTP proxy vs the gateway → a Ray deployment handle.
+
+Every server is real and runs on this machine, so the load generator, the gateway
+and the runtime share its cores: figures are ratios within one run, not capacities.
+Results go into the marked section of ``docs/benchmarks.md``.
+
+    python bench/invoke.py                       # all targets, 10 s per cell
+    python bench/invoke.py --only a,b --duration 3 --out -
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench/ and tests/ are not installed
+
+from tests.realservers import free_port  # noqa: E402
+from tests.realservers.yunnao_node import YunnaoProcess  # noqa: E402
+from tests.runtime_support import RT_PLUGIN_DIR  # noqa: E402
+
+START, END = "<!-- bench:invoke start -->", "<!-- bench:invoke end -->"
+NAMESPACE = "bench.yunnao-rt"
+PAYLOAD = {"input": {"name": "李雷"}}
+console = Console(stderr=True)
+
+
+@dataclass
+class Cell:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Request:
+    url: str
+    body: bytes
+    content_type: str = "application/json"
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip()).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(req: Request, connections: int, duration: float) -> Cell:
+    """One wrk run; its requests/s, p50, p99 and non-2xx count."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False, encoding="utf-8") as script:
+        # A long-bracket string: the body's bytes as they are (Lua has no \u escapes).
+        script.write(
+            'wrk.method = "POST"\n'
+            f"wrk.body = [==[{req.body.decode()}]==]\n"
+            f'wrk.headers["Content-Type"] = "{req.content_type}"\n'
+        )
+    try:
+        out = subprocess.run(
+            ["wrk", "-t", str(min(connections, 2)), "-c", str(connections),
+             "-d", f"{max(1, round(duration))}s", "--latency", "-s", script.name, req.url],
+            capture_output=True, text=True, check=True, timeout=duration + 60,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    dist = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors:.*?(\d+) timeout", out)
+    errors = (int(bad.group(1)) if bad else 0) + (int(errs.group(1)) if errs else 0)
+    return Cell(rps, _ms(dist["50"]), _ms(dist["99"]), errors)
+
+
+def check(req: Request) -> None:
+    """The target answers this request correctly before it is measured."""
+    resp = httpx.post(req.url, content=req.body, headers={"Content-Type": req.content_type},
+                      timeout=60)  # fmt: skip
+    if resp.status_code != 200:
+        raise RuntimeError(f"{req.url} answered {resp.status_code}: {resp.text[:300]}")
+
+
+def measure(req: Request, duration: float) -> dict[int, Cell]:
+    check(req)
+    wrk(req, 4, min(2.0, duration))  # warm-up: connections, JIT caches, lazy loads
+    return {c: wrk(req, c, duration) for c in (1, 32)}
+
+
+# ---------------------------------------------------------------- servers
+
+
+@contextlib.contextmanager
+def bare_app() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(port),
+         "--log-level", "warning", "--no-proxy-headers"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.post(f"{url}/greet", json=PAYLOAD, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def node(workdir: Path, runtimes: dict | None = None) -> Iterator[YunnaoProcess]:
+    env = {
+        "YUNNAO_NODE_ID": "bench",
+        "YUNNAO_PLUGINS": "false",
+        "YUNNAO_RUNTIMES": json.dumps(runtimes or {}),
+    }
+    proc = YunnaoProcess(
+        workdir, "--plugin", str(RT_PLUGIN_DIR / "yunnao_rt"), "--publish-plugins",
+        "--log-level", "warning", env=env,
+    )  # fmt: skip
+    proc.start(timeout=180)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def gateway_request(base: str, name: str = "greet") -> Request:
+    return Request(f"{base}/v1/invoke/{NAMESPACE}/{name}", json.dumps(PAYLOAD).encode())
+
+
+def bind(base: str, token: str, rtype: str, config: dict) -> None:
+    """Rebind the bench capability to another runtime, as an operator would."""
+    resp = httpx.put(
+        f"{base}/v1/capabilities/{NAMESPACE}/greet/versions/1.0.0/runtime",
+        json={"type": rtype, "config": config},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    resp.raise_for_status()
+
+
+def operator_token(workdir: Path) -> str:
+    yunnao = str(Path(sys.executable).parent / "yunnao")
+    return subprocess.run(
+        [yunnao, "token", "create", "--role", "operator", "--namespace", NAMESPACE,
+         "--node-id", "bench"],
+        cwd=workdir, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+# ---------------------------------------------------------------- report
+
+
+@dataclass
+class Row:
+    label: str
+    cells: dict[int, Cell]
+
+
+def render(rows: dict[str, Row], duration: float) -> str:
+    lines = [
+        START,
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; wrk, {duration:g} s "
+        "per cell after a warm-up; payload: the `greet` capability's input (one name).",
+        "",
+        "| target | c=1 req/s | c=1 p50 | c=1 p99 | c=32 req/s | c=32 p50 | c=32 p99 | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows.values():
+        c1, c32 = row.cells[1], row.cells[32]
+        lines.append(
+            f"| {row.label} | {c1.rps:,.0f} | {c1.p50_ms:.2f} ms | {c1.p99_ms:.2f} ms | "
+            f"{c32.rps:,.0f} | {c32.p50_ms:.2f} ms | {c32.p99_ms:.2f} ms | "
+            f"{c1.errors + c32.errors} |"
+        )
+    lines += ["", "Against the targets:", ""]
+    for line in verdicts(rows):
+        lines.append(f"- {line}")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def verdicts(rows: dict[str, Row]) -> list[str]:
+    out = []
+    if "a" in rows and "b" in rows:
+        for c in (1, 32):
+            ratio = rows["b"].cells[c].rps / rows["a"].cells[c].rps
+            verdict = "meets" if ratio >= 0.6 else "misses"
+            out.append(
+                f"(b)/(a) throughput at c={c}: {ratio:.0%} ({verdict} the aim of at least 60%)"
+            )
+    for key, name in (("c", "Triton"), ("d", "BentoML")):
+        direct, via = rows.get(f"{key}-direct"), rows.get(f"{key}-gateway")
+        if direct and via:
+            for c in (1, 32):
+                added = via.cells[c].p50_ms - direct.cells[c].p50_ms
+                verdict = "meets" if added < 1 else "misses"
+                out.append(
+                    f"gateway → {name} adds {added:+.2f} ms p50 at c={c} over calling it "
+                    f"directly ({verdict} the aim of under 1 ms)"
+                )
+    direct, via = rows.get("e-direct"), rows.get("e-gateway")
+    if direct and via:
+        for c in (1, 32):
+            ratio = via.cells[c].rps / direct.cells[c].rps
+            p50 = via.cells[c].p50_ms / direct.cells[c].p50_ms
+            verdict = "beats" if ratio > 1 else "does not beat"
+            out.append(
+                f"gateway → Ray handle at c={c}: {ratio:.2f}× the throughput and {p50:.2f}× "
+                f"the p50 of Ray's own HTTP proxy ({verdict} it)"
+            )
+    return out
+
+
+def write(section: str, out: Path) -> None:
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        text = before + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Invocation\n\n" + section + "\n"
+    out.write_text(text)
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+Scenario = Callable[[Path, float, dict[str, Row]], None]
+
+
+def run_local(workdir: Path, duration: float, rows: dict[str, Row], only: set[str]) -> None:
+    if "a" in only:
+        with bare_app() as url:
+            console.print("(a) bare Starlette")
+            rows["a"] = Row("(a) bare Starlette JSON endpoint", measure(
+                Request(f"{url}/greet", json.dumps(PAYLOAD).encode()), duration))  # fmt: skip
+    if "b" in only:
+        with node(workdir / "b") as gw:
+            console.print("(b) gateway → in-process")
+            rows["b"] = Row("(b) gateway → in-process", measure(gateway_request(gw.url), duration))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10, help="seconds per cell")
+    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated targets")
+    parser.add_argument(
+        "--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file, or -"
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/invoke.py needs wrk: apt-get install -y wrk")
+    only = set(args.only.split(","))
+    rows: dict[str, Row] = {}
+    with tempfile.TemporaryDirectory(prefix="yunnao-bench-invoke-") as tmp:
+        workdir = Path(tmp)
+        run_local(workdir, args.duration, rows, only)
+        for key, scenario in SCENARIOS.items():
+            if key in only:
+                scenario(workdir / key, args.duration, rows)
+    section = render(rows, args.duration)
+    if args.out == "-":
+        print(section)
+    else:
+        write(section, Path(args.out))
+        console.print(f"wrote {args.out}")
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The gateway in front of each external runtime, as users run it: a real
+``yunnao serve`` process whose versions are bound to a real server (``bentoml serve``,
+``tritonserver``, a Ray cluster), called over HTTP. The runtime adapters' own tests
+(tests/test_runtime_*.py) cover each adapter in depth; these check what a caller sees:
+answers, 503 with Retry-After while a server is down, and recovery once it is back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import assert_problem
+from tests.realservers.yunnao_node import YunnaoProcess
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+YUNNAO = str(Path(sys.executable).parent / "yunnao")
+
+
+def _invoke(node: YunnaoProcess, ref: str, data: dict[str, Any], **body: Any) -> httpx.Response:
+    return httpx.post(f"{node.url}/v1/invoke/{ref}", json={"input": data, **body}, timeout=120)
+
+
+def _until_ok(node: YunnaoProcess, ref: str, data: dict[str, Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = _invoke(node, ref, data)
+        if resp.status_code == 200 or time.monotonic() > deadline:
+            return resp
+        assert resp.status_code == 503, resp.text  # down, never anything worse
+        time.sleep(1)
+
+
+def _processes_running(needle: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmdline and int(entry.name) != os.getpid():
+                pids.append(int(entry.name))
+    return pids
+
+
+# ---------------------------------------------------------------- BentoML
+
+
+@pytest.fixture(scope="module")
+def bento_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[YunnaoProcess]:
+    """The example noise service published with `yunnao publish --bentoml`: the node
+    starts `bentoml serve` for it on first call."""
+    cwd = tmp_path_factory.mktemp("bento-node")
+    env = {**os.environ, "YUNNAO_NODE_ID": "sd.qd", "YUNNAO_DATA_DIR": str(cwd / "var")}
+    done = subprocess.run(
+        [YUNNAO, "publish", "--bentoml", "service:NoiseService",
+         "--working-dir", str(ROOT / "examples" / "bento"),
+         "--namespace", "sd.qd.env", "--version", "1.0.0", "--classification", "public"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "sd.qd.env/noise-level@1.0.0" in done.stderr
+    node = YunnaoProcess(cwd, env={"YUNNAO_NODE_ID": "sd.qd", "YUNNAO_PLUGINS": "false"})
+    node.start(timeout=120)
+    try:
+        yield node
+    finally:
+        node.stop()
+        for pid in _processes_running("service:NoiseService"):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_bentoml_service_answers_through_the_gateway(bento_node: YunnaoProcess) -> None:
+    resp = _until_ok(bento_node, "sd.qd.env/noise-level", {"readings": [58.5, 61, 72.4]}, 120)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()["output"]
+    assert out["count"] == 3 and out["lmax"] == 72.4
+    shown = httpx.get(f"{bento_node.url}/v1/capabilities/sd.qd.env/noise-level/versions/1.0.0")
+    assert shown.json()["runtime"]["type"] == "bentoml"
+    # The gateway checks the input against the schema read from the API's signature.
+    assert_problem(_invoke(bento_node, "sd.qd.env/noise-level", {}), 422, field="input.readings")
+
+
+def test_a_killed_bentoml_service_is_503_then_serves_again(bento_node: YunnaoProcess) -> None:
+    ref, data = "sd.qd.env/classify-zone", {"zone": "1", "day_db": 54, "night_db": 48.5}
+    assert _until_ok(bento_node, ref, data, 120).status_code == 200
+    pids = _processes_running("service:NoiseService")
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    down = _invoke(bento_node, ref, data)
+    body = assert_problem(down, 503, slug="runtime-unavailable")
+    assert int(down.headers["retry-after"]) > 0 and body["detail"]
+    back = _until_ok(bento_node, ref, data, 120)  # the node restarts the service itself
+    assert back.status_code == 200, back.text
+    assert back.json()["output"]["compliant"] is False
