@@ -300,3 +300,13 @@ def test_the_process_executor_runs_calls_in_other_processes(tmp_path: Path) -> N
         # The stuck worker was replaced: the next call is served by a fresh one.
         again = node.invoke("pid", {}, timeout=60)
         assert again.status_code == 200 and again.json()["output"] != pid.json()["output"]
+
+
+def test_a_stuck_thread_does_not_exhaust_the_thread_pool(tmp_path: Path) -> None:
+    """With one worker thread, a call stuck past its timeout would block every later
+    call if the node kept waiting for that thread; it starts a fresh pool instead."""
+    for node in _start(tmp_path, runtimes={"inprocess": {"threads": 1}}, job_workers=0):
+        assert_problem(node.invoke("sleepy", {"seconds": 20}, timeout=0.5), 504)
+        started = time.monotonic()
+        assert node.invoke("greet", {"name": "g"}, timeout=5).status_code == 200
+        assert time.monotonic() - started < 5
