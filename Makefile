@@ -50,7 +50,9 @@ pytest: test-deps test-servers
 test: lint pytest
 
 bench: test-deps test-servers
-	$(BIN)/python bench/search.py $(ARGS)
+	@command -v wrk >/dev/null || tests/realservers/install.sh wrk
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/invoke.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache bench/results

@@ -4,7 +4,8 @@
 # the test extra in pyproject.toml.
 set -euo pipefail
 
-need=()
+# Extra Debian packages may be named as arguments (make bench asks for wrk).
+need=("$@")
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   need+=(postgresql)
 fi
