@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.realservers.yunnao_node import YUNNAO, YunnaoProcess
+from yunnao.registry import migrate
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ def served(request, tmp_path_factory) -> Iterator[tuple[YunnaoProcess, Path]]:
         pg = request.getfixturevalue("postgres")
         url = pg.create_database(f"served_{os.getpid()}")
         out = cli("db", "upgrade", "--database-url", url, cwd=cwd).stdout
-        assert "schema empty -> 0001" in out
+        assert f"schema empty -> {migrate.head()}" in out
         args += ["--database-url", url]
     node = YunnaoProcess(cwd, *args).start()
     yield node, cwd
