@@ -44,10 +44,13 @@ sys.path.insert(0, str(ROOT))  # bench/ and tests/ are not installed
 from tests.realservers import free_port  # noqa: E402
 from tests.realservers.yunnao_node import YunnaoProcess  # noqa: E402
 from tests.runtime_support import RT_PLUGIN_DIR  # noqa: E402
+from yunnao.runtimes.base import Target  # noqa: E402
 
 START, END = "<!-- bench:invoke start -->", "<!-- bench:invoke end -->"
 NAMESPACE = "bench.yunnao-rt"
 PAYLOAD = {"input": {"name": "李雷"}}
+# What the runtimes name the deployment of bench.yunnao-rt/greet@1.0.0.
+SLUG = Target(NAMESPACE, "greet", "1.0.0", "any").slug
 console = Console(stderr=True)
 
 
@@ -137,11 +140,12 @@ def bare_app() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def node(workdir: Path, runtimes: dict | None = None) -> Iterator[YunnaoProcess]:
+def node(workdir: Path, runtimes: dict | None = None, **extra_env: str) -> Iterator[YunnaoProcess]:
     env = {
         "YUNNAO_NODE_ID": "bench",
         "YUNNAO_PLUGINS": "false",
         "YUNNAO_RUNTIMES": json.dumps(runtimes or {}),
+        **extra_env,
     }
     proc = YunnaoProcess(
         workdir, "--plugin", str(RT_PLUGIN_DIR / "yunnao_rt"), "--publish-plugins",
@@ -271,6 +275,78 @@ def run_local(workdir: Path, duration: float, rows: dict[str, Row], only: set[st
             rows["b"] = Row("(b) gateway → in-process", measure(gateway_request(gw.url), duration))
 
 
+def via_gateway(gw: YunnaoProcess, rtype: str, config: dict, duration: float) -> dict[int, Cell]:
+    bind(gw.url, operator_token(gw.cwd), rtype, config)
+    return measure(gateway_request(gw.url), duration)
+
+
+def scenario_triton(workdir: Path, duration: float, rows: dict[str, Row]) -> None:
+    from tests.realservers.triton import TritonProcess
+
+    server = TritonProcess(workdir / "triton").start()
+    runtimes = {"triton": {"url": server.url, "repository": str(server.repository)}}
+    try:
+        with node(workdir / "node", runtimes) as gw:
+            console.print("(c) gateway → Triton")
+            rows["c-gateway"] = Row("(c) gateway → Triton", via_gateway(gw, "triton", {}, duration))
+            # The same call straight to Triton's V2 endpoint: the wrapper model the node
+            # wrote takes the JSON input as the bytes of one UINT8 tensor.
+            data = list(json.dumps(PAYLOAD["input"]).encode())
+            infer = {
+                "inputs": [
+                    {"name": "INPUT_JSON", "shape": [len(data)], "datatype": "UINT8", "data": data}
+                ],
+                "outputs": [{"name": "OUTPUT_JSON"}],
+            }
+            url = f"http://{server.url}/v2/models/{SLUG}/infer"
+            console.print("(c) Triton directly")
+            rows["c-direct"] = Row("(c) Triton directly (V2 infer)", measure(
+                Request(url, json.dumps(infer).encode()), duration))  # fmt: skip
+    finally:
+        server.stop()
+
+
+def scenario_bentoml(workdir: Path, duration: float, rows: dict[str, Row]) -> None:
+    from tests.realservers.bentoml import BentoMLServer
+
+    server = BentoMLServer("service:Greeter", ROOT / "tests" / "data" / "bento_svc", workdir)
+    server.start()
+    try:
+        console.print("(d) BentoML directly")
+        direct = Request(f"{server.url}/greet", json.dumps(PAYLOAD["input"]).encode())
+        rows["d-direct"] = Row("(d) BentoML directly", measure(direct, duration))
+        with node(workdir / "node") as gw:
+            console.print("(d) gateway → BentoML")
+            config = {"url": server.url, "api": "greet"}
+            rows["d-gateway"] = Row(
+                "(d) gateway → BentoML", via_gateway(gw, "bentoml", config, duration)
+            )
+    finally:
+        server.stop()
+
+
+def scenario_ray(workdir: Path, duration: float, rows: dict[str, Row]) -> None:
+    from tests.realservers.ray import RayHead
+
+    head = RayHead(workdir / "ray").start()
+    proxy = free_port()
+    runtimes = {"rayserve": {"address": head.address, "http_port": proxy}}
+    try:
+        with node(workdir / "node", runtimes, RAY_AUTH_MODE="disabled") as gw:
+            console.print("(e) gateway → Ray handle")
+            rows["e-gateway"] = Row(
+                "(e) gateway → Ray deployment handle",
+                via_gateway(gw, "rayserve", {"num_cpus": 0.5}, duration),
+            )
+            console.print("(e) Ray's own HTTP proxy")
+            direct = Request(
+                f"http://127.0.0.1:{proxy}/{SLUG}", json.dumps(PAYLOAD["input"]).encode()
+            )
+            rows["e-direct"] = Row("(e) Ray Serve's own HTTP proxy", measure(direct, duration))
+    finally:
+        head.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per cell")
@@ -297,7 +373,7 @@ def main() -> None:
         console.print(f"wrote {args.out}")
 
 
-SCENARIOS: dict[str, Scenario] = {}
+SCENARIOS: dict[str, Scenario] = {"c": scenario_triton, "d": scenario_bentoml, "e": scenario_ray}
 
 if __name__ == "__main__":
     main()

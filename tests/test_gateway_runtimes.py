@@ -6,6 +6,7 @@ answers, 503 with Retry-After while a server is down, and recovery once it is ba
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -105,3 +106,104 @@ def test_a_killed_bentoml_service_is_503_then_serves_again(bento_node: YunnaoPro
     back = _until_ok(bento_node, ref, data, 120)  # the node restarts the service itself
     assert back.status_code == 200, back.text
     assert back.json()["output"]["compliant"] is False
+
+
+# ---------------------------------------------------------------- Ray Serve and Triton
+
+RT = "sd.qd.yunnao-rt"  # the test plugin's capabilities, published by the node on start
+
+
+def _rt_node(cwd: Path, runtimes: str, **env: str) -> YunnaoProcess:
+    from tests.runtime_support import RT_PLUGIN_DIR
+
+    node_env = {"YUNNAO_NODE_ID": "sd.qd", "YUNNAO_PLUGINS": "false",
+                "YUNNAO_RUNTIMES": runtimes, **env}  # fmt: skip
+    args = ("--plugin", str(RT_PLUGIN_DIR / "yunnao_rt"), "--publish-plugins")
+    return YunnaoProcess(cwd, *args, env=node_env).start(timeout=120)
+
+
+def _bind(node: YunnaoProcess, name: str, rtype: str, **config: Any) -> None:
+    """Rebind a version as an operator does: `yunnao runtime set`."""
+    env = {**os.environ, "YUNNAO_NODE_ID": "sd.qd", "YUNNAO_DATA_DIR": str(node.cwd / "var")}
+    token = subprocess.run(
+        [YUNNAO, "token", "create", "--role", "operator", "--namespace", RT],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout.strip()  # fmt: skip
+    options = [x for k, v in config.items() for x in ("-c", f"{k}={json.dumps(v)}")]
+    done = subprocess.run(
+        [YUNNAO, "runtime", "set", f"{RT}/{name}@1.0.0", rtype, *options,
+         "--url", node.url, "--token", token],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def _down_then_back(node: YunnaoProcess, server: Any, ref: str, data: dict[str, Any]) -> None:
+    server.kill()
+    deadline = time.monotonic() + 60
+    while True:  # calls in flight may still be answered; then the node notices
+        down = _invoke(node, ref, data, timeout=10)
+        if down.status_code != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    body = assert_problem(down, 503, slug="runtime-unavailable")
+    assert int(down.headers["retry-after"]) > 0 and body["detail"]
+    server.start()
+    back = _until_ok(node, ref, data, 180)
+    assert back.status_code == 200, back.text
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.realservers.ray import RayHead
+
+    head = RayHead(tmp_path_factory.mktemp("ray")).start()
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+def test_ray_serve_behind_the_gateway(ray_head: Any, tmp_path: Path) -> None:
+    config = json.dumps({"rayserve": {"address": ray_head.address}})
+    node = _rt_node(tmp_path, config, RAY_AUTH_MODE="disabled")
+    try:
+        _bind(node, "pid", "rayserve", num_cpus=0.25)
+        _bind(node, "boom", "rayserve", num_cpus=0.25)
+        resp = _invoke(node, f"{RT}/pid", {})
+        assert resp.status_code == 200, resp.text
+        assert node.proc is not None and resp.json()["output"] != node.proc.pid  # a replica ran it
+        failed = assert_problem(_invoke(node, f"{RT}/boom", {"message": "m"}), 500)
+        assert failed["error_id"] and "secret" not in str(failed)
+        _down_then_back(node, ray_head, f"{RT}/pid", {})
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.realservers.triton import TritonProcess
+
+    server = TritonProcess(tmp_path_factory.mktemp("triton")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_triton_behind_the_gateway(triton_server: Any, tmp_path: Path) -> None:
+    config = json.dumps(
+        {"triton": {"url": triton_server.url, "repository": str(triton_server.repository)}}
+    )
+    node = _rt_node(tmp_path, config)
+    try:
+        _bind(node, "double", "triton")
+        _bind(node, "sleepy", "triton")
+        resp = _invoke(node, f"{RT}/double", {"x": [1.5, -2]})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["output"] == {"y": [3.0, -4.0]}
+        assert_problem(_invoke(node, f"{RT}/sleepy", {"seconds": 5}, timeout=1), 504)
+        assert _invoke(node, f"{RT}/double", {"x": [1]}).status_code == 200
+        _down_then_back(node, triton_server, f"{RT}/double", {"x": [2]})
+    finally:
+        node.stop()
