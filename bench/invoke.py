@@ -92,6 +92,8 @@ def wrk(req: Request, connections: int, duration: float) -> Cell:
     finally:
         os.unlink(script.name)
     dist = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    if len(dist) != 2:
+        raise RuntimeError(f"unexpected wrk output for {req.url}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors:.*?(\d+) timeout", out)
