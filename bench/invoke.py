@@ -91,7 +91,7 @@ def wrk(req: Request, connections: int, duration: float) -> Cell:
         ).stdout  # fmt: skip
     finally:
         os.unlink(script.name)
-    dist = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    dist = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     if len(dist) != 2:
         raise RuntimeError(f"unexpected wrk output for {req.url}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -192,7 +192,7 @@ class Row:
     cells: dict[int, Cell]
 
 
-def render(rows: dict[str, Row], duration: float) -> str:
+def render(rows: dict[str, Row], duration: float, failures: list[str]) -> str:
     lines = [
         START,
         "",
@@ -211,7 +211,7 @@ def render(rows: dict[str, Row], duration: float) -> str:
             f"{c1.errors + c32.errors} |"
         )
     lines += ["", "Against the targets:", ""]
-    for line in verdicts(rows):
+    for line in verdicts(rows) + failures:
         lines.append(f"- {line}")
     lines += ["", END]
     return "\n".join(lines)
@@ -361,13 +361,18 @@ def main() -> None:
         sys.exit("bench/invoke.py needs wrk: apt-get install -y wrk")
     only = set(args.only.split(","))
     rows: dict[str, Row] = {}
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="yunnao-bench-invoke-") as tmp:
         workdir = Path(tmp)
         run_local(workdir, args.duration, rows, only)
         for key, scenario in SCENARIOS.items():
             if key in only:
-                scenario(workdir / key, args.duration, rows)
-    section = render(rows, args.duration)
+                try:
+                    scenario(workdir / key, args.duration, rows)
+                except Exception as exc:  # report what was measured; say what failed
+                    console.print_exception()
+                    failures.append(f"({key}) failed: {type(exc).__name__}: {exc}".splitlines()[0])
+    section = render(rows, args.duration, failures)
     if args.out == "-":
         print(section)
     else:

@@ -134,7 +134,7 @@ class Gateway:
         self.metrics = metrics
         self.alias_lookup = alias_lookup
         self.cache_ttl = cache_ttl
-        self._cache: dict[tuple[str, str, str | None], tuple[float, int, Resolution]] = {}
+        self._cache: dict[tuple[str, str, str | None], tuple[float, int, Resolution, Target]] = {}
         self._validators: dict[tuple[str, str, str], Draft202012Validator] = {}
         self._locks: dict[tuple[str, str, str | None], asyncio.Lock] = {}
 
@@ -144,7 +144,7 @@ class Gateway:
         """The version ``namespace/name[@ref]`` means for ``identity``, or the problem
         (404 for what the caller may not see, 410 for a retired version)."""
         name, ref = split_ref(name_ref)
-        resolution = await self._resolution(namespace, name, ref)
+        resolution, target = await self._resolution(namespace, name, ref)
         version = resolution.version
         # A capability whose versions are all retired leaves the catalog, but a caller
         # holding its address should learn it is retired (410), not that it never was.
@@ -163,21 +163,25 @@ class Gateway:
                 f"{version.id} is retired; call a current version "
                 f"(see /v1/capabilities/{namespace}/{name}/versions)"
             )
-        return Call(target_of(version), version.status, resolution.classification)
+        return Call(target, version.status, resolution.classification)
 
-    async def _resolution(self, namespace: str, name: str, ref: str | None) -> Resolution:
+    async def _resolution(
+        self, namespace: str, name: str, ref: str | None
+    ) -> tuple[Resolution, Target]:
         key = (namespace, name, ref)
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now and hit[1] == self.store.generation:
-            return hit[2]
+            return hit[2], hit[3]
         # One lookup per key at a time: when an entry expires under load, the calls
         # that find it so wait for one query instead of each making their own.
+        if len(self._locks) > 10_000:  # names that never resolved leave locks behind
+            self._locks.clear()
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0] > time.monotonic() and hit[1] == self.store.generation:
-                return hit[2]
+                return hit[2], hit[3]
             generation = self.store.generation
             number = ref
             if ref is not None and ref != "latest" and not names.is_semver(ref):
@@ -185,9 +189,9 @@ class Gateway:
             resolution = await anyio.to_thread.run_sync(self.store.resolve, namespace, name, number)
             if len(self._cache) > 10_000:
                 self._cache.clear()
-                self._locks.clear()
-            self._cache[key] = (time.monotonic() + self.cache_ttl, generation, resolution)
-            return resolution
+            target = target_of(resolution.version)
+            self._cache[key] = (time.monotonic() + self.cache_ttl, generation, resolution, target)
+            return resolution, target
 
     def _alias(self, namespace: str, name: str, alias: str) -> str:
         number = self.alias_lookup(namespace, name, alias) if self.alias_lookup else None

@@ -180,6 +180,10 @@ class Jobs:
                 continue
             try:
                 await self._execute(job)
+            except (sa.exc.SQLAlchemyError, OSError):
+                # The store failed while recording the outcome: the job stays claimed
+                # and runs again when its lease runs out. The worker goes on.
+                log.exception("job %s: could not record its outcome", job.id)
             except anyio.get_cancelled_exc_class():
                 # Stopping: hand the job back rather than waiting for its lease to expire.
                 with anyio.CancelScope(shield=True):
@@ -280,9 +284,13 @@ class Jobs:
     async def _callbacks(self) -> None:
         async with self._client_factory() as client:
             while True:
-                due = await anyio.to_thread.run_sync(self._due_callbacks)
-                for job in due:
-                    await self._deliver(client, job)
+                try:
+                    due = await anyio.to_thread.run_sync(self._due_callbacks)
+                    for job in due:
+                        await self._deliver(client, job)
+                except (sa.exc.SQLAlchemyError, OSError):
+                    log.exception("callbacks: the store failed; retrying")
+                    due = []
                 if not due:
                     await anyio.sleep(self.poll)
 
