@@ -528,6 +528,7 @@ class TritonRuntime:
             self.repository = self.server.repository
         self._client: InferenceServerClient | None = None
         self._session: Any = None  # aiohttp, for wrapper calls (see _infer_json)
+        self._closing: set[asyncio.Task[None]] = set()  # clients being closed
         self._deployed: dict[str, _Deployment] = {}  # by target slug
         self._locks: dict[str, asyncio.Lock] = {}  # by Triton model name
         self._loading: dict[str, asyncio.Task[None]] = {}  # re-loads under way, by model
@@ -587,6 +588,8 @@ class TritonRuntime:
         try:
             return await asyncio.wait_for(self._call(dep, inputs), timeout)
         except TimeoutError:
+            # The answer may never come on that connection (see _forget_connections).
+            self._forget_connections()
             if starting:
                 raise RuntimeDown(
                     "tritonserver is starting again", retry_after=self.retry_after
@@ -746,6 +749,7 @@ class TritonRuntime:
         return self._session
 
     def _down(self, exc: BaseException) -> RuntimeDown:
+        self._forget_connections()
         detail = f"Triton at {self.url} is unreachable: {type(exc).__name__}: {exc}"
         server = self.server
         if server is not None and server.proc is not None and not server.running:
@@ -892,3 +896,15 @@ class TritonRuntime:
             raise RuntimeDown(str(exc), retry_after=self.retry_after) from exc
         # A new process knows no models: the next call re-loads what it needs.
         log.info("tritonserver %s serving %s", server.url, server.repository)
+        self._forget_connections()
+
+    def _forget_connections(self) -> None:
+        """Drop the pooled connections of both clients. A connection to a server that
+        died can look open for a while (its python-backend stubs inherited the socket
+        and never answer on it), and a call reusing it would wait out its timeout."""
+        old = [c for c in (self._client, self._session) if c is not None]
+        self._client = self._session = None
+        for client in old:
+            task = asyncio.get_running_loop().create_task(client.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
