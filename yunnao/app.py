@@ -17,6 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from yunnao import __version__
+from yunnao.cascade import api as cascade_api
+from yunnao.cascade.feed import Feed
 from yunnao.plugins.errors import Unavailable, YunnaoError
 from yunnao.plugins.loader import Plugins
 from yunnao.registry import api, db, migrate, openapi, tokens
@@ -176,7 +178,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # The invocation routes first: they take the most traffic, and routes match in order.
-    endpoints = gateway_api.ENDPOINTS + v2.ENDPOINTS + api.ENDPOINTS
+    endpoints = gateway_api.ENDPOINTS + v2.ENDPOINTS + api.ENDPOINTS + cascade_api.ENDPOINTS
     spec = openapi.document(
         endpoints,
         title=f"Yunnao node {settings.node_id}",
@@ -259,5 +261,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_timeout=settings.max_invoke_timeout,
         max_body_bytes=settings.max_body_bytes,
     )
+    app.state.feed = Feed(engine, settings.node_id, key)
     app.state.settings = settings
     return app
