@@ -186,22 +186,25 @@ def _input_value(
             errors=[FieldError(f"{where}.shape", "a list of non-negative integers")],
         )
     size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        raw, at = blob[at : at + size], at + size
-        if len(raw) != size:
-            raise BadRequest(f"{where} ({name}): binary data shorter than {size} bytes")
-        if datatype == "BYTES":
-            values: Any = np.array(_decode_bytes(raw), dtype=object)
+    try:
+        if size is not None:
+            raw, at = blob[at : at + int(size)], at + int(size)
+            if len(raw) != size:
+                raise BadRequest(f"{where} ({name}): binary data shorter than {size} bytes")
+            if datatype == "BYTES":
+                values: Any = np.array(_decode_bytes(raw), dtype=object)
+            else:
+                values = np.frombuffer(raw, dtype=DATATYPES[datatype])
         else:
-            values = np.frombuffer(raw, dtype=DATATYPES[datatype])
-    else:
-        if "data" not in tensor:
-            raise ValidationFailed(
-                f"{where} ({name}) has neither data nor binary_data_size",
-                errors=[FieldError(f"{where}.data", "field required")],
-            )
-        dtype = object if datatype == "BYTES" else DATATYPES[datatype]
-        values = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
+            if "data" not in tensor:
+                raise ValidationFailed(
+                    f"{where} ({name}) has neither data nor binary_data_size",
+                    errors=[FieldError(f"{where}.data", "field required")],
+                )
+            dtype = object if datatype == "BYTES" else DATATYPES[datatype]
+            values = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
+    except (ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:
+        raise BadRequest(f"{where} ({name}): cannot read its {datatype} data: {exc}") from None
     count = int(np.prod(shape)) if shape else 1
     if values.size != count:
         raise ValidationFailed(

@@ -171,3 +171,35 @@ def test_the_cli_invokes_sync_and_async_and_explains_errors(node: YunnaoProcess)
     assert "422" in done.stderr and "input.name" in done.stderr and "input.nom" in done.stderr
     done = _cli(node, "runtime", "status")
     assert done.returncode == 0 and "inprocess" in done.stdout and "up" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        ({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", "_"]}]},
+         {}, 400),
+        ({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}]}, {}, 422),
+        ({"inputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [1]}]}, {}, 422),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                         "parameters": {"binary_data_size": 3}}]},
+            {"Inference-Header-Content-Length": "HEADER"},
+            400,
+        ),
+    ],
+)  # fmt: skip
+def test_malformed_v2_tensors_are_4xx_problems(
+    node: YunnaoProcess, body: dict, headers: dict, status: int
+) -> None:
+    head = json.dumps(body).encode()
+    if headers.get("Inference-Header-Content-Length") == "HEADER":
+        headers = {"Inference-Header-Content-Length": str(len(head))}
+        head += b"abc"  # three bytes are not one FP32
+    resp = httpx.post(
+        f"{node.url}/v2/models/{NAMESPACE}.double/infer",
+        content=head,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert resp.json()["error"]
