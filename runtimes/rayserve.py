@@ -68,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -696,6 +697,23 @@ def _enum_text(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
+async def _retrying_pickle_race(make: Any) -> Any:
+    """Call ``make`` (sync, or returning an awaitable), again after a moment when it hits
+    Ray Serve 2.60's race on cloudpickle's process-wide "pickle by value" registry: it
+    registers and unregisters its request-router module around every deployment config
+    it builds, so two built at once (a deploy and a new handle's first call) make one
+    fail with ``ValueError: <module ...> is not registered for pickle by value``."""
+    for attempt in range(5):
+        try:
+            result = make()
+            return await result if inspect.isawaitable(result) else result
+        except ValueError as exc:
+            if "pickle by value" not in str(exc) or attempt == 4:
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class _DriverProcess:
     """The Ray driver: answers the node's requests, one task per request."""
 
@@ -816,13 +834,15 @@ class _DriverProcess:
                 if ours and _enum_text(current.status) in ("RUNNING", "DEPLOYING"):
                     continue  # as bound already: leave its replicas alone
                 try:
-                    todo.append(self._application(app))
+                    todo.append(await _retrying_pickle_race(lambda a=app: self._application(a)))
                 except (TypeError, ValueError) as exc:  # Serve refused the options
                     results[app["slug"]] = f"{type(exc).__name__}: {exc}"
                 self.handles.pop(app["slug"], None)
             if todo:
-                await anyio.to_thread.run_sync(
-                    lambda: serve.run_many(todo, wait_for_applications_running=False)
+                await _retrying_pickle_race(
+                    lambda: anyio.to_thread.run_sync(
+                        lambda: serve.run_many(todo, wait_for_applications_running=False)
+                    )
                 )
         waiting = {app["slug"] for app in apps} - set(results)
         while waiting:
