@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,22 @@ class NotDeployable(YunnaoError):
     runtime type, a binding the runtime does not accept)."""
 
     status, slug, title = 409, "not-deployable", "Capability cannot be run"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` right now (for a server a runtime starts)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def check_settings(rtype: str, config: Mapping[str, Any], known: frozenset[str]) -> None:
+    """Refuse node settings a runtime does not know (a typo must not pass silently)."""
+    unknown = set(config) - known
+    if unknown:
+        raise ValueError(
+            f"unknown {rtype} runtime settings {sorted(unknown)}; known: {sorted(known)}"
+        )
 
 
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9_-]+")

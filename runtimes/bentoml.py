@@ -48,7 +48,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -69,6 +68,8 @@ from .base import (
     RuntimeDown,
     RuntimeHealth,
     Target,
+    check_settings,
+    free_port,
 )
 
 log = logging.getLogger("yunnao.runtimes.bentoml")
@@ -150,11 +151,7 @@ class BentoMLRuntime:
     type = "bentoml"
 
     def __init__(self, config: Mapping[str, Any], context: RuntimeContext) -> None:
-        unknown = set(config) - NODE_KEYS
-        if unknown:
-            raise ValueError(
-                f"unknown bentoml runtime settings {sorted(unknown)}; known: {sorted(NODE_KEYS)}"
-            )
+        check_settings("bentoml", config, NODE_KEYS)
         self.context = context
         self.start_timeout = float(config.get("start_timeout", 60))
         self.stop_timeout = float(config.get("stop_timeout", 10))
@@ -353,7 +350,7 @@ class BentoMLRuntime:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        port = _free_port()
+        port = free_port(HOST)
         svc.run_id = uuid.uuid4().hex
         env[RUN_MARKER] = svc.run_id
         args = [self.executable, "serve", svc.ref, "--host", HOST, "--port", str(port)]
@@ -675,12 +672,6 @@ def _marked(run_id: str) -> list[int]:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _default_executable() -> str:

@@ -97,6 +97,8 @@ from .base import (
     RuntimeDown,
     RuntimeHealth,
     Target,
+    check_settings,
+    free_port,
 )
 
 log = logging.getLogger("yunnao.runtimes.rayserve")
@@ -154,13 +156,6 @@ async def _reachable(address: str, timeout: float = 1.0) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ------------------------------------------------------------ the replica
@@ -369,17 +364,14 @@ class RayServeRuntime:
     type = "rayserve"
 
     def __init__(self, config: Mapping[str, Any], context: RuntimeContext) -> None:
-        unknown = sorted(set(config) - NODE_KEYS)
-        if unknown:
-            known = ", ".join(sorted(NODE_KEYS))
-            raise ValueError(f"unknown rayserve settings {unknown} ({known})")
+        check_settings("rayserve", config, NODE_KEYS)
         self.context = context
         self.address: str | None = config.get("address") or None
         self.namespace: str = config.get("namespace", "yunnao")
         self.num_cpus: float = config.get("num_cpus", 2)
         self.http_host: str = config.get("http_host", "127.0.0.1")
         self.http_port: int | None = (
-            config["http_port"] or None if "http_port" in config else _free_port(self.http_host)
+            config["http_port"] or None if "http_port" in config else free_port(self.http_host)
         )
         self.model_source: str = config.get("model_source", "download")
         if self.model_source not in MODEL_SOURCES:

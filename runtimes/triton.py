@@ -56,7 +56,6 @@ import re
 import shutil
 import signal
 import site
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -82,6 +81,8 @@ from .base import (
     RuntimeDown,
     RuntimeHealth,
     Target,
+    check_settings,
+    free_port,
 )
 
 if TYPE_CHECKING:
@@ -121,12 +122,6 @@ def _pytriton_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def stub_site_dirs() -> list[str]:
     """This interpreter's site-packages directories, for Triton's Python stub to import
     what the node imports (numpy, pydantic, yunnao and the capabilities' dependencies)."""
@@ -151,7 +146,7 @@ class TritonServer:
         self.root = Path(root).resolve()
         self.repository = Path(repository).resolve() if repository else self.root / "models"
         self.backends = self.root / "backends"
-        self.http_port = http_port or _free_port()
+        self.http_port = http_port or free_port(HOST)
         self.stop_timeout = stop_timeout
         self.log = self.root / "tritonserver.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -502,11 +497,7 @@ class TritonRuntime:
     type = "triton"
 
     def __init__(self, config: Mapping[str, Any], context: RuntimeContext) -> None:
-        unknown = set(config) - NODE_KEYS
-        if unknown:
-            raise ValueError(
-                f"unknown triton runtime settings {sorted(unknown)}; known: {sorted(NODE_KEYS)}"
-            )
+        check_settings("triton", config, NODE_KEYS)
         self.context = context
         self.start_timeout = float(config.get("start_timeout", 60))
         self.stop_timeout = float(config.get("stop_timeout", 10))
