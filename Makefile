@@ -53,6 +53,7 @@ bench: test-deps test-servers
 	@command -v wrk >/dev/null || tests/realservers/install.sh wrk
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/invoke.py
+	$(BIN)/python bench/cascade.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache bench/results

@@ -41,6 +41,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench/ and tests/ are not installed
 
+from bench import sections  # noqa: E402
 from tests.realservers import free_port  # noqa: E402
 from tests.realservers.yunnao_node import YunnaoProcess  # noqa: E402
 from tests.runtime_support import RT_PLUGIN_DIR  # noqa: E402
@@ -255,16 +256,6 @@ def verdicts(rows: dict[str, Row]) -> list[str]:
     return out
 
 
-def write(section: str, out: Path) -> None:
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Invocation\n\n" + section + "\n"
-    out.write_text(text)
-
-
 # ---------------------------------------------------------------- scenarios
 
 
@@ -382,7 +373,7 @@ def main() -> None:
     if args.out == "-":
         print(section)
     else:
-        write(section, Path(args.out))
+        sections.write(section, Path(args.out), START, END, heading="## Invocation")
         console.print(f"wrote {args.out}")
 
 

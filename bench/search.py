@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench/ and tests/ are not installed
 
+from bench import sections  # noqa: E402
 from bench.catalog_gen import entries  # noqa: E402
 from tests.realservers.postgres import PostgresServer  # noqa: E402
 from tests.realservers.yunnao_node import YunnaoProcess  # noqa: E402
@@ -279,17 +280,6 @@ def report(results: list[StoreResult], count: int, runs: int) -> str:
     return "\n".join(lines)
 
 
-def write(section: str, out: Path) -> None:
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    out.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=100_000, help="catalog size")
@@ -312,7 +302,7 @@ def main() -> None:
     if args.out == "-":
         print(section)
     else:
-        write(section, Path(args.out))
+        sections.write(section, Path(args.out), START, END)
         console.print(f"wrote {args.out}")
 
 

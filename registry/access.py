@@ -38,6 +38,9 @@ class Identity:
     role: str | None = None
     scopes: tuple[str, ...] = field(default_factory=tuple)
     issuer: str | None = None
+    # The linked node that sent the request (a peer reading the feed, or forwarding a
+    # call for ``subject``); None for requests made at this node.
+    peer: str | None = None
 
     @property
     def authenticated(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -93,21 +94,54 @@ def _tsquery(terms: Sequence[Term]) -> str:
 def index(session: Session, row: CapabilityRow) -> None:
     """(Re)index one capability in the current transaction."""
     assert row.id is not None
+    index_many(session, [row])
+
+
+# The indexed text of a capability, besides its name.
+TEXT = ("title", "summary", "tags", "description")
+
+
+class Document(NamedTuple):
+    """What the index holds of one capability (a row, without building one)."""
+
+    id: int
+    name: str
+    title: str
+    summary: str
+    tags: list[str]
+    description: str
+
+
+def index_many(session: Session, rows: Sequence[CapabilityRow | Document]) -> None:
+    """(Re)index many capabilities in the current transaction, in a few statements."""
+    if not rows:
+        return
     if session.get_bind().dialect.name == "sqlite":
-        session.execute(sa.text("DELETE FROM capability_fts WHERE rowid = :id"), {"id": row.id})
+        ids = [r.id for r in rows]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            session.execute(
+                sa.text("DELETE FROM capability_fts WHERE rowid IN :ids").bindparams(
+                    sa.bindparam("ids", expanding=True)
+                ),
+                {"ids": chunk},
+            )
         session.execute(
             sa.text(
                 "INSERT INTO capability_fts (rowid, name, title, summary, tags, description) "
                 "VALUES (:id, :name, :title, :summary, :tags, :description)"
             ),
-            {
-                "id": row.id,
-                "name": _doc(row.name),
-                "title": _doc(row.title),
-                "summary": _doc(row.summary),
-                "tags": _doc(" ".join(row.tags)),
-                "description": _doc(row.description),
-            },
+            [
+                {
+                    "id": r.id,
+                    "name": _doc(r.name),
+                    "title": _doc(r.title),
+                    "summary": _doc(r.summary),
+                    "tags": _doc(" ".join(r.tags)),
+                    "description": _doc(r.description),
+                }
+                for r in rows
+            ],
         )
     else:
         session.execute(
@@ -118,12 +152,15 @@ def index(session: Session, row: CapabilityRow) -> None:
                 "setweight(to_tsvector('simple', :c), 'C')) "
                 "ON CONFLICT (capability_id) DO UPDATE SET document = EXCLUDED.document"
             ),
-            {
-                "id": row.id,
-                "a": _doc(f"{row.name} {row.title}"),
-                "b": _doc(f"{row.summary} {' '.join(row.tags)}"),
-                "c": _doc(row.description),
-            },
+            [
+                {
+                    "id": r.id,
+                    "a": _doc(f"{r.name} {r.title}"),
+                    "b": _doc(f"{r.summary} {' '.join(r.tags)}"),
+                    "c": _doc(r.description),
+                }
+                for r in rows
+            ],
         )
 
 

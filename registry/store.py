@@ -77,6 +77,8 @@ class Resolution:
     classification: str
     capability_status: str
     version: schemas.Version
+    origin_node: str = ""
+    via_node: str | None = None  # a cascaded entry: the linked node it came through
 
 
 class RegistryStore:
@@ -97,6 +99,11 @@ class RegistryStore:
                 yield s
         finally:
             self.generation += 1
+
+    def transaction(self) -> contextlib.AbstractContextManager[Session]:
+        """A write transaction of this store (serialized, all or nothing), for writes
+        made outside it, such as entries applied from other nodes."""
+        return self._write()
 
     # ------------------------------------------------------------ node
 
@@ -170,6 +177,8 @@ class RegistryStore:
                 classification=row.classification,
                 capability_status=row.status,
                 version=self._version_out(row, vrow),
+                origin_node=row.origin_node,
+                via_node=row.via_node,
             )
 
     def version_of_model(self, namespace: str, name: str, model_uri: str) -> str | None:
@@ -229,19 +238,27 @@ class RegistryStore:
         if_match: str | None = None,
     ) -> tuple[schemas.Capability, str]:
         with self._write() as s:
-            row = self._live(s, namespace, name)
+            row = self._owned(s, namespace, name)
             _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
             changes = patch.model_dump(exclude_unset=True)
+            reclassified = changes.get("classification", row.classification) != row.classification
             for key, value in changes.items():
                 setattr(row, key, value)
             row.content_hash = _meta_hash(row)
             row.updated_at = utcnow()
+            row.ever_shared = row.ever_shared or row.classification != "restricted"
             s.add(row)
             if "tags" in changes:
                 self._set_tags(s, row)
             s.flush()
             search.index(s, row)
             self._log(s, "capability", f"{namespace}/{name}", "upsert", row.content_hash)
+            if reclassified:
+                # Versions carry their capability's classification in the feed: log them
+                # again, so the cascade sends them (or stops sending them) accordingly.
+                for vrow in s.exec(select(VersionRow).where(VersionRow.capability_id == row.id)):
+                    key = f"{namespace}/{name}@{vrow.version}"
+                    self._log(s, "version", key, "upsert", vrow.content_hash)
             versions = self._version_numbers(s, row)
             return self._capability_out(row, versions), capability_etag(row)
 
@@ -256,7 +273,7 @@ class RegistryStore:
     ) -> tuple[schemas.Version, str]:
         """Move a version along its lifecycle (see :mod:`~yunnao.registry.lifecycle`)."""
         with self._write() as s:
-            row = self._live(s, namespace, name)
+            row = self._owned(s, namespace, name)
             vrow = self._version_row(s, row, version)
             _check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
             lifecycle.check(vrow.status, target)
@@ -283,7 +300,7 @@ class RegistryStore:
     ) -> tuple[schemas.Version, str]:
         """Bind a version to another runtime (or reconfigure it) without republishing."""
         with self._write() as s:
-            row = self._live(s, namespace, name)
+            row = self._owned(s, namespace, name)
             vrow = self._version_row(s, row, version)
             _check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
             vrow.runtime = binding.model_dump(mode="json")
@@ -302,7 +319,7 @@ class RegistryStore:
         """Tombstone a capability: its row stays as a tombstone for the change log, its
         versions, tags and index entry go; a later publish of the name starts afresh."""
         with self._write() as s:
-            row = self._live(s, namespace, name)
+            row = self._owned(s, namespace, name)
             _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
             row.deleted_at = row.updated_at = utcnow()
             row.tags = []
@@ -317,12 +334,7 @@ class RegistryStore:
     def _publish(
         self, s: Session, namespace: str, name: str, spec: schemas.PublishRequest
     ) -> schemas.Version:
-        owner = names.namespace_node(namespace)
-        if owner != self.node_id:
-            raise Forbidden(
-                f"namespace {namespace!r} belongs to node {owner!r}; this node is "
-                f"{self.node_id!r} and may only change its own namespaces"
-            )
+        self._check_owner(namespace)
         self._ensure_namespace(s, namespace)
         row = s.exec(
             select(CapabilityRow).where(
@@ -358,6 +370,7 @@ class RegistryStore:
                 row.deleted_at, row.created_at = None, now
         row.content_hash = _meta_hash(row)
         row.updated_at = now
+        row.ever_shared = row.ever_shared or row.classification != "restricted"
         s.add(row)
         s.flush()
         self._set_tags(s, row)
@@ -424,6 +437,19 @@ class RegistryStore:
                 CapabilityRow.namespace == namespace, CapabilityRow.name == name
             )
         ).first()
+
+    def _owned(self, s: Session, namespace: str, name: str) -> CapabilityRow:
+        """A live capability this node may change: one of its own namespaces'."""
+        self._check_owner(namespace)
+        return self._live(s, namespace, name)
+
+    def _check_owner(self, namespace: str) -> None:
+        owner = names.namespace_node(namespace)
+        if owner != self.node_id:
+            raise Forbidden(
+                f"namespace {namespace!r} belongs to node {owner!r}; this node is "
+                f"{self.node_id!r} and may only change its own namespaces"
+            )
 
     def _live(self, s: Session, namespace: str, name: str) -> CapabilityRow:
         row = self._find(s, namespace, name)

@@ -92,6 +92,12 @@ class CapabilityRow(SQLModel, table=True):
     created_at: datetime = _ts()
     updated_at: datetime = _ts(index=True)
     deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # For an entry cascaded from another node: the linked peer it arrived through, which
+    # is where a call of it is forwarded (None for this node's own entries).
+    via_node: str | None = Field(default=None, max_length=330)
+    # Whether it was ever below ``restricted``: a capability made restricted later then
+    # leaves a tombstone in the feed, one that always was restricted leaves nothing.
+    ever_shared: bool = False
 
 
 class CapabilityTag(SQLModel, table=True):
@@ -127,7 +133,11 @@ class VersionRow(SQLModel, table=True):
 
 class Change(SQLModel, table=True):
     """The change log: one row per write, appended in the write's own transaction.
-    ``seq`` is node-local and, because writers are serialized, in commit order."""
+    ``seq`` is node-local and, because writers are serialized, in commit order.
+
+    A change applied from another node keeps that node's sequence number
+    (``origin_seq``) and the signed item as it arrived (``item``), which this node's
+    feed passes on unchanged, so nodes further up verify the origin's own signature."""
 
     seq: int | None = Field(default=None, primary_key=True)
     entity: str = Field(max_length=16)
@@ -136,6 +146,64 @@ class Change(SQLModel, table=True):
     content_hash: str = Field(max_length=64)
     origin_node: str = Field(max_length=330)
     created_at: datetime = _ts()
+    origin_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
+    item: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+
+
+class Peer(SQLModel, table=True):
+    """A linked node: this node's parent or one of its children.
+
+    ``checkpoint`` is how far into that peer's feed this node has applied (for a child
+    whether it is pulled or pushes, for a followed parent); it moves in the same
+    transaction as the entries it covers, so a crash on either side loses nothing and
+    applies nothing twice."""
+
+    id: str = Field(primary_key=True, max_length=330)  # the peer's node id
+    relation: str = Field(max_length=8)  # child | parent
+    url: str | None = Field(default=None, max_length=2000)
+    public_key: str = Field(max_length=200)
+    pull: bool = False  # this node reads the peer's feed (a child's, or a followed parent's)
+    push: bool = False  # this node sends its own feed to the peer (a parent)
+    checkpoint: int = Field(default=0, sa_type=sa.BigInteger)
+    head: int = Field(default=0, sa_type=sa.BigInteger)  # the peer's newest seq, last seen
+    caught_up_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_sync_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=2000)
+    last_error_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failures: int = 0  # consecutive
+    applied: int = Field(default=0, sa_type=sa.BigInteger)
+    rejected: int = Field(default=0, sa_type=sa.BigInteger)
+    resyncs: int = 0
+    # A pushing child is sending its whole feed again (its own was compacted past this
+    # node's checkpoint); its last page then lists what it still has, and the rest goes.
+    resync_pending: bool = False
+    created_at: datetime = _ts()
+
+
+class Rejection(SQLModel, table=True):
+    """An entry a peer sent that was not applied (bad signature, foreign origin, policy),
+    kept for operators next to the count on its peer."""
+
+    __tablename__ = "cascade_rejection"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    peer: str = Field(index=True, max_length=330)
+    origin: str | None = Field(default=None, max_length=330)
+    entity: str | None = Field(default=None, max_length=16)
+    key: str | None = Field(default=None, max_length=600)
+    reason: str = Field(max_length=500)
+    item: Any = Field(default=None, sa_type=JSONType)
+
+
+class CascadeState(SQLModel, table=True):
+    """Node-wide cascade facts, one value per name (``compacted_through``: the feed has
+    no superseded changes or tombstones at or below this sequence number)."""
+
+    __tablename__ = "cascade_state"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: int = Field(default=0, sa_type=sa.BigInteger)
 
 
 class Job(SQLModel, table=True):

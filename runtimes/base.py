@@ -15,6 +15,7 @@ HTTP answers: :class:`RuntimeDown` (503 with ``Retry-After``), :class:`Invocatio
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
 import socket
@@ -25,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from yunnao.plugins.capability import Capability
 from yunnao.plugins.errors import Unavailable, YunnaoError
+from yunnao.registry.access import Identity
 
 
 class RuntimeDown(Unavailable):
@@ -130,6 +132,23 @@ class RuntimeContext:
     load_model: Callable[[str], Any] | None = None
     # Capabilities of the plugins loaded at this node, by name.
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
+    # For the remote runtime: a linked node's base URL (None when it cannot be reached
+    # from here), and an assertion for it carrying the caller (see yunnao.cascade).
+    peer_url: Callable[[str], str | None] | None = None
+    assertion: Callable[[str, Identity], str] | None = None
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who made the call being run, and its request id: for runtimes that forward it."""
+
+    caller: Identity
+    request_id: str | None = None
+
+
+current_call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "yunnao_current_call", default=None
+)
 
 
 @runtime_checkable

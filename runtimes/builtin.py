@@ -20,6 +20,7 @@ BUILTIN: dict[str, str] = {
     "rayserve": "yunnao.runtimes.rayserve:RayServeRuntime",
     "bentoml": "yunnao.runtimes.bentoml:BentoMLRuntime",
     "triton": "yunnao.runtimes.triton:TritonRuntime",
+    "remote": "yunnao.runtimes.remote:RemoteRuntime",
 }
 
 

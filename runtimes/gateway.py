@@ -14,6 +14,7 @@ message goes to the node's log, never to the caller).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -38,7 +39,14 @@ from yunnao.registry import names
 from yunnao.registry.access import Identity, discoverable, in_scopes
 from yunnao.registry.store import RegistryStore, Resolution
 
-from .base import CapabilityError, InvocationTimeout, RuntimeDown, Target
+from .base import (
+    CallContext,
+    CapabilityError,
+    InvocationTimeout,
+    RuntimeDown,
+    Target,
+    current_call,
+)
 from .manager import Runtimes
 from .metrics import Metrics
 from .usage import Usage, UsageLog
@@ -93,6 +101,16 @@ def target_of(version: Any) -> Target:
         output_schema=version.output_schema,
         content_hash=version.content_hash,
     )
+
+
+def target_for(resolution: Resolution) -> Target:
+    """Where a resolved version runs: its own binding, or, for an entry cascaded from
+    another node, the ``remote`` runtime towards the node it came through."""
+    target = target_of(resolution.version)
+    if resolution.via_node is None:
+        return target
+    config = {"node": resolution.via_node, "origin": resolution.origin_node}
+    return dataclasses.replace(target, runtime="remote", config=config)
 
 
 def schema_errors(validator: Draft202012Validator, data: Any, prefix: str) -> list[FieldError]:
@@ -189,7 +207,7 @@ class Gateway:
             resolution = await anyio.to_thread.run_sync(self.store.resolve, namespace, name, number)
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            target = target_of(resolution.version)
+            target = target_for(resolution)
             self._cache[key] = (time.monotonic() + self.cache_ttl, generation, resolution, target)
             return resolution, target
 
@@ -255,6 +273,7 @@ class Gateway:
                 invocation = self.plugins.before_invoke(
                     invocation, lambda d: self.validate(target, "input", d)
                 )
+            current_call.set(CallContext(identity, request_id))
             runtime = self.runtimes.deployed(target)
             if runtime is None:
                 with anyio.fail_after(DEPLOY_TIMEOUT):

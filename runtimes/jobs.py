@@ -32,7 +32,7 @@ from yunnao.registry.problems import problem_of
 from yunnao.registry.tables import Job, utcnow
 
 from .base import RuntimeDown
-from .gateway import Call, Gateway, target_of
+from .gateway import Call, Gateway, target_for
 from .metrics import Metrics
 
 log = logging.getLogger("yunnao.jobs")
@@ -46,6 +46,7 @@ def identity_data(identity: Identity) -> dict[str, Any]:
         "role": identity.role,
         "scopes": list(identity.scopes),
         "issuer": identity.issuer,
+        "peer": identity.peer,
     }
 
 
@@ -55,6 +56,7 @@ def identity_from(data: dict[str, Any]) -> Identity:
         role=data.get("role"),
         scopes=tuple(data.get("scopes") or ()),
         issuer=data.get("issuer"),
+        peer=data.get("peer"),
     )
 
 
@@ -225,7 +227,7 @@ class Jobs:
                 self.gateway.store.resolve, job.namespace, job.name, job.version
             )
             version = resolution.version
-            call = Call(target_of(version), version.status, resolution.classification)
+            call = Call(target_for(resolution), version.status, resolution.classification)
             output = await self.gateway.invoke(
                 identity, call, job.input, timeout=job.timeout, request_id=job.request_id,
                 mode="async",

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import NODE_ID, Node, assert_problem
-from yunnao.cascade.feed import signed_part
+from tests.conftest import NODE_ID, Node, _node, assert_problem
+from yunnao.cascade.apply import Applier, CheckpointMoved
+from yunnao.cascade.compaction import compact
+from yunnao.cascade.feed import Compacted, Feed, signed_part
+from yunnao.cascade.peers import PeerStore
+from yunnao.cascade.policy import Reader
 from yunnao.cascade.signing import sign, verify
-from yunnao.registry import tokens
+from yunnao.registry import db, tokens
+from yunnao.registry.store import RegistryStore
 
 NS = f"{NODE_ID}.traffic"
 FEED = "/v1/cascade/changes"
@@ -45,8 +54,15 @@ def test_the_feed_carries_current_signed_entries_in_order(node: Node) -> None:
 
     items = _all(node)
     seqs = [i["origin_seq"] for i in items]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert len(set(seqs)) == len(seqs)
     keys = [(i["entity"], i["key"], i["op"]) for i in items]
+    # In log order, except that a capability that changed after its version was
+    # published comes (in its current state) before that version.
+    cap, ver = ("capability", f"{NS}/flow", "upsert"), ("version", f"{NS}/flow@1.0.0", "upsert")
+    assert keys.index(cap) < keys.index(ver)
+    assert [s for s, k in zip(seqs, keys, strict=True) if k != cap] == sorted(
+        s for s, k in zip(seqs, keys, strict=True) if k != cap
+    )
     assert ("capability", f"{NS}/gone", "delete") in keys
     # The first upsert of `flow` is superseded by the patch: only the current state goes.
     flows = [i for i in items if i["key"] == f"{NS}/flow"]
@@ -102,3 +118,110 @@ def test_only_linked_nodes_read_the_feed(sqlite_node: Node) -> None:
     assert_problem(node.client.get(FEED), 401)
     assert_problem(node.client.get(FEED, headers=node.auth("consumer", NODE_ID)), 403)
     assert_problem(node.client.get(FEED, params={"limit": 0}, headers=_peer(node)), 400)
+
+
+def _contents(engine: Any, under: str) -> dict[str, Any]:
+    """Live capabilities under node ``under`` with their versions, as stored."""
+    with engine.connect() as conn:
+        caps = conn.execute(
+            sa.text(
+                "SELECT id, namespace, name, content_hash, status, latest_version, classification "
+                "FROM capability WHERE deleted_at IS NULL"
+            )
+        ).all()
+        out = {}
+        for cid, ns, name, digest, status, latest, classification in caps:
+            if not ns.startswith(under + "."):
+                continue
+            versions = conn.execute(
+                sa.text(
+                    "SELECT version, status, content_hash FROM capability_version "
+                    "WHERE capability_id = :c ORDER BY version"
+                ),
+                {"c": cid},
+            ).all()
+            out[f"{ns}/{name}"] = (
+                digest,
+                status,
+                latest,
+                classification,
+                [tuple(v) for v in versions],
+            )
+        return out
+
+
+@pytest.fixture
+def district(tmp_path: Path) -> Iterator[Node]:
+    """A SQLite node in a directory of its own (``database_url`` may be SQLite too)."""
+    yield from _node(f"sqlite:///{tmp_path / 'district' / 'registry.db'}", tmp_path / "district")
+
+
+def test_a_feed_applies_to_a_parent_store_once_and_compacts(
+    district: Node, database_url: str
+) -> None:
+    """The apply path and compaction on both stores: a child's feed (read over HTTP)
+    applied into a parent's store, then applied again, then compacted."""
+    admin = district.auth("admin", NODE_ID)
+    district.publish(NS, "open", classification="public", tags=["a", "b"])
+    district.publish(NS, "staff", classification="internal")
+    district.publish(NS, "secret", classification="restricted")
+    district.publish(NS, "gone", classification="public")
+    district.publish(NS, "open", version="1.1.0", title="open v1.1", classification="public")
+    resp = district.client.post(
+        f"/v1/capabilities/{NS}/open/versions/1.0.0/lifecycle",
+        json={"status": "deprecated"},
+        headers=admin,
+    )
+    assert resp.status_code == 200
+    assert district.client.delete(f"/v1/capabilities/{NS}/gone", headers=admin).status_code == 204
+    items = _all(district)
+    head = district.client.get(FEED, headers=_peer(district)).json()["head"]
+
+    engine = db.create_engine(database_url)
+    try:
+        parent = RegistryStore(engine, "sd")
+        key = Ed25519PrivateKey.generate()
+        peers = PeerStore(parent, key)
+        child_key = tokens.load_or_create_key(district.settings.key_path)
+        peer = peers.add(
+            NODE_ID,
+            relation="child",
+            public_key=tokens.public_key_text(child_key),
+            url=None,
+            pull=False,
+            push=False,
+        )
+        applier = Applier("sd", key, parent.transaction)
+        outcome = applier.apply(peer, items, since=0, next_seq=head, head=head)
+        assert outcome.rejected == [] and outcome.applied == len(items)
+        child_engine = db.create_engine(district.settings.db_url)
+        expected = {
+            k: v for k, v in _contents(child_engine, NODE_ID).items() if v[3] != "restricted"
+        }
+        child_engine.dispose()
+        assert _contents(engine, NODE_ID) == expected
+        assert set(expected) == {f"{NS}/open", f"{NS}/staff"}
+
+        # The same page again: refused whole (the checkpoint has moved) ...
+        with pytest.raises(CheckpointMoved):
+            applier.apply(peer, items, since=0, next_seq=head, head=head)
+        # ... and its entries, offered at the checkpoint, change nothing.
+        again = applier.apply(peers.get(NODE_ID), items, since=head, next_seq=head, head=head)
+        assert again.applied == 0 and again.skipped == len(items)
+        assert _contents(engine, NODE_ID) == expected
+
+        # Compaction keeps what a follower from 0 needs, and sends the others to 0.
+        feed = Feed(engine, "sd", key)
+        whole = feed.page(0, 1000, Reader("operator")).items
+        through, removed = compact(feed, keep_days=0)
+        assert through > 0 and removed > 0
+        with pytest.raises(Compacted):
+            feed.page(1, 1000, Reader("operator"))
+        after = feed.page(0, 1000, Reader("operator")).items
+        assert {(i["key"], i["origin_seq"]) for i in after} <= {
+            (i["key"], i["origin_seq"]) for i in whole
+        }
+        live = {i["key"] for i in after if i["entity"] == "capability" and i["op"] == "upsert"}
+        assert live == set(expected)
+    finally:
+        engine.dispose()

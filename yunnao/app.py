@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,8 +19,13 @@ from starlette.routing import Route
 
 from yunnao import __version__
 from yunnao.cascade import api as cascade_api
+from yunnao.cascade import assertions, compaction
+from yunnao.cascade.apply import Applier
 from yunnao.cascade.feed import Feed
-from yunnao.plugins.errors import Unavailable, YunnaoError
+from yunnao.cascade.metrics import CascadeCollector
+from yunnao.cascade.peers import PeerKeys, PeerStore
+from yunnao.cascade.sync import Replicator
+from yunnao.plugins.errors import Unauthorized, Unavailable, YunnaoError
 from yunnao.plugins.loader import Plugins
 from yunnao.registry import api, db, migrate, openapi, tokens
 from yunnao.registry.auth import AuthMiddleware
@@ -128,6 +134,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         load_model=lambda uri: load_runnable(uri, models.tracking_uri, models.registry_uri),
         capabilities=plugins.capabilities,
     )
+    peers = PeerStore(store, key)
+    peer_keys = PeerKeys(peers)
+    context.peer_url = lambda node: peer_keys.url(node)
+    context.assertion = lambda node, caller: assertions.issue(
+        key, node_id=settings.node_id, audience=node, purpose="invoke", caller=caller
+    )
     runtimes = Runtimes(plugins.runtimes, settings.runtimes, context)
     metrics = Metrics()
     usage = UsageLog(engine)
@@ -147,7 +159,27 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
     def verify(token: str) -> Any:
-        return tokens.verify(public_key, settings.node_id, token)
+        issuer = assertions.issuer_of(token)
+        if issuer is None or issuer == settings.node_id:
+            return tokens.verify(public_key, settings.node_id, token)
+        peer_key = peer_keys.key(issuer)
+        if peer_key is None:
+            raise Unauthorized(f"token issued by node {issuer!r}, which is not linked to this one")
+        return assertions.verify(peer_key, peer=issuer, node_id=settings.node_id, token=token)
+
+    feed = Feed(engine, settings.node_id, key, share_internal=settings.cascade_share_internal)
+    applier = Applier(settings.node_id, key, store.transaction)
+    replicator = Replicator(
+        feed=feed,
+        applier=applier,
+        peers=peers,
+        assertion=lambda node: assertions.issue(
+            key, node_id=settings.node_id, audience=node, purpose="cascade"
+        ),
+        batch=settings.cascade_batch,
+        wait=settings.cascade_wait,
+    )
+    metrics.registry.register(CascadeCollector(peers))
 
     async def healthz(request: Request) -> Response:
         return JSONResponse(
@@ -226,6 +258,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tg.start_soon(usage.run)
             if settings.job_workers:
                 tg.start_soon(jobs.run)
+            if settings.cascade_sync:
+                tg.start_soon(replicator.run)
+            if settings.cascade_keep_days is not None:
+                tg.start_soon(compaction.run_hourly, feed, settings.cascade_keep_days)
             try:
                 yield
             finally:
@@ -261,6 +297,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_timeout=settings.max_invoke_timeout,
         max_body_bytes=settings.max_body_bytes,
     )
-    app.state.feed = Feed(engine, settings.node_id, key)
+    app.state.cascade = cascade_api.Cascade(
+        node_id=settings.node_id,
+        title=settings.node_title,
+        public_key=tokens.public_key_text(key),
+        feed=feed,
+        peers=peers,
+        applier=applier,
+        replicator=replicator,
+    )
     app.state.settings = settings
+    app.state.stopping = threading.Event()  # set when the server begins to shut down
     return app

@@ -36,8 +36,8 @@ def _settings(**overrides: Any) -> Any:
         raise click.UsageError(msgs) from None
 
 
-def node_options(fn: Any) -> Any:
-    """Options that locate a node's local state (store and key)."""
+def node_options(fn: Any, *, store: bool = True) -> Any:
+    """Options that locate a node's local state (its key and, with ``store``, its store)."""
     for opt in reversed(
         [
             click.option(
@@ -60,7 +60,7 @@ def node_options(fn: Any) -> Any:
                 "postgresql+psycopg://user@host/db  [env YUNNAO_DATABASE_URL; default: "
                 "SQLite in the data dir]",
             ),
-        ]
+        ][: 3 if store else 2]
     ):
         fn = opt(fn)
     return fn
@@ -113,7 +113,7 @@ def _request(
         except ValueError:
             detail = resp.text[:500]
         raise click.ClickException(f"{resp.status_code} {detail}")
-    return resp.json()
+    return resp.json() if resp.content else None
 
 
 def _print_json(data: Any) -> None:
@@ -220,7 +220,15 @@ def serve(
         f"[bold]Yunnao[/bold] node [cyan]{settings.node_id}[/cyan] on "
         f"http://{host}:{port}  (store: {_redact(settings.db_url)})"
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+
+    class NodeServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Long polls (the cascade feed) answer at once instead of holding up the stop.
+            app.state.stopping.set()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+    NodeServer(config).run()
 
 
 def _redact(url: str) -> str:
@@ -994,3 +1002,8 @@ def _parse_ttl(text: str) -> timedelta:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+from .cascade_cli import cascade  # noqa: E402  (the group uses the helpers above)
+
+main.add_command(cascade)

@@ -53,6 +53,24 @@ class Settings(BaseSettings):
         30.0, gt=0, description="seconds past its timeout before a job of a dead node reruns"
     )
     job_max_attempts: int = Field(5, ge=1, description="tries of a job while a runtime is down")
+    cascade_share_internal: bool = Field(
+        False,
+        description="let this node's internal capabilities go sideways and down the node tree "
+        "(to sibling and child nodes following their parent), not only up",
+    )
+    cascade_sync: bool = Field(
+        True, description="run the replication loops with linked nodes in this process"
+    )
+    cascade_batch: int = Field(500, ge=1, le=2000, description="entries per feed page")
+    cascade_wait: float = Field(
+        20.0, gt=0, le=30, description="seconds a caught-up follower long-polls for a change"
+    )
+    cascade_keep_days: float | None = Field(
+        30.0,
+        ge=0,
+        description="compact superseded changes and tombstones older than this from the feed "
+        "(hourly); followers further behind read it again from the start. None: never",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")

@@ -51,6 +51,12 @@ class YunnaoProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def kill(self) -> None:
+        """SIGKILL: the node dies mid-whatever, as on a power cut."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> bool:
         """SIGTERM and wait; True when the node shut down gracefully. (uvicorn re-raises
         the signal after its graceful shutdown, so the exit status is -SIGTERM.)"""

@@ -1,0 +1,342 @@
+"""Applying a peer's feed here: verify every item, apply the good ones, record the rest,
+and move the peer's checkpoint, all in one transaction.
+
+An item is applied only when it is well formed, its origin may send it through this
+peer (:func:`~yunnao.cascade.policy.refusal`), this node holds a key for its origin
+and the signature and content hash check out. Anything else is rejected: logged,
+counted on the peer and kept in ``cascade_rejection``, never applied. An item no newer
+than what this node already applied from the same origin is skipped, so a batch read
+twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlmodel import Session
+
+from yunnao.plugins.errors import Conflict
+from yunnao.registry import replica
+from yunnao.registry.hashing import content_hash
+from yunnao.registry.tables import Change, Peer, Rejection, utcnow
+
+from . import items as shapes
+from .feed import make_item, signed_part
+from .policy import refusal
+from .signing import verify
+
+log = logging.getLogger("yunnao.cascade")
+
+_peer = Peer.__table__  # type: ignore[attr-defined]
+
+
+class CheckpointMoved(Conflict):
+    """The peer's checkpoint is not where the batch starts: another process applied it,
+    or the sender is replaying or skipping. Nothing of the batch was applied."""
+
+    def __init__(self, peer: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"batch for {peer} starts after {expected} but this node has applied through "
+            f"{actual}; resend from {actual}",
+            extra={"checkpoint": actual},
+        )
+        self.checkpoint = actual
+
+
+@dataclass
+class Outcome:
+    applied: int = 0
+    skipped: int = 0
+    rejected: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    checkpoint: int = 0
+    seen: list[tuple[str, str]] = field(default_factory=list)  # (entity, key) of every item
+
+
+def _public_key(hex_key: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key))
+
+
+class Applier:
+    def __init__(
+        self, node_id: str, key: Ed25519PrivateKey, transaction: Callable[[], Any]
+    ) -> None:
+        self.node_id = node_id
+        self.key = key  # signs the tombstones of a resync's sweep
+        self.transaction = transaction  # the registry store's write transaction
+        self._keys: dict[str, Ed25519PublicKey] = {}
+
+    def _key(self, hex_key: str) -> Ed25519PublicKey:
+        key = self._keys.get(hex_key)
+        if key is None:
+            key = self._keys[hex_key] = _public_key(hex_key)
+        return key
+
+    def apply(
+        self,
+        peer: Peer,
+        items: Sequence[Any],
+        *,
+        since: int,
+        next_seq: int,
+        head: int,
+        advance: bool = True,
+    ) -> Outcome:
+        """Apply one page of ``peer``'s feed (positions ``since`` → ``next_seq``) and
+        move its checkpoint to ``next_seq``, unless ``advance`` is False (a resync moves
+        it only at its end). Raises :class:`CheckpointMoved` when the checkpoint is not
+        at ``since``."""
+        outcome = Outcome(checkpoint=next_seq if advance else since)
+        with self.transaction() as s:
+            _at_checkpoint(s, peer, since)
+            keys = replica.node_keys(s)
+            linked = frozenset(s.execute(sa.select(_peer.c.id)).scalars())
+            wellformed = [i for i in items if isinstance(i, dict)]
+            done = replica.last_applied(
+                s, [(i.get("entity", ""), i.get("key", "")) for i in wellformed]
+            )
+            accepted = [
+                item
+                for raw in items
+                if (item := self._check(peer, raw, keys, linked, done, outcome)) is not None
+            ]
+            self._store(s, peer, accepted, outcome)
+            self.checkpoint(
+                s,
+                peer,
+                since=since,
+                to=next_seq if advance else since,
+                head=head,
+                applied=outcome.applied,
+                rejected=len(outcome.rejected),
+                caught_up=advance and next_seq >= head,
+            )
+            for reason, raw in outcome.rejected:
+                s.add(
+                    Rejection(
+                        peer=peer.id,
+                        origin=_text(raw, "origin"),
+                        entity=_text(raw, "entity"),
+                        key=_text(raw, "key"),
+                        reason=reason[:500],
+                        item=raw,
+                    )
+                )
+        for reason, raw in outcome.rejected:
+            log.warning(
+                "rejected %s %s from %s (origin %s): %s",
+                _text(raw, "entity"),
+                _text(raw, "key"),
+                peer.id,
+                _text(raw, "origin"),
+                reason,
+            )
+        return outcome
+
+    def checkpoint(
+        self,
+        s: Session,
+        peer: Peer,
+        *,
+        since: int,
+        to: int,
+        head: int,
+        applied: int = 0,
+        rejected: int = 0,
+        caught_up: bool = True,
+    ) -> None:
+        """Move ``peer``'s checkpoint from ``since`` to ``to`` in transaction ``s``, or
+        raise :class:`CheckpointMoved` when it is no longer at ``since``."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "checkpoint": to,
+            "head": head,
+            "applied": _peer.c.applied + applied,
+            "rejected": _peer.c.rejected + rejected,
+            "last_sync_at": now,
+            "failures": 0,
+            "last_error": None,
+        }
+        if caught_up:
+            values["caught_up_at"] = now
+        moved = s.execute(
+            _peer.update()
+            .where(_peer.c.id == peer.id, _peer.c.checkpoint == since)
+            .values(**values)
+        )
+        if moved.rowcount != 1:
+            raise CheckpointMoved(peer.id, since, -1)
+
+    def sweep(self, peer: Peer, keep: set[str], *, since: int, to: int, head: int) -> int:
+        """End a resync: delete the capabilities that came through ``peer`` and are not
+        in ``keep`` (``namespace/name``), and move its checkpoint from ``since`` to
+        ``to``; returns how many went."""
+        gone = 0
+        with self.transaction() as s:
+            for namespace, name in replica.live_capabilities_via(s, peer.id):
+                if f"{namespace}/{name}" not in keep:
+                    replica.delete_capability(s, namespace, name, at=utcnow())
+                    self.log_sweep(s, namespace, name)
+                    gone += 1
+            self.checkpoint(s, peer, since=since, to=to, head=head)
+            s.execute(
+                _peer.update()
+                .where(_peer.c.id == peer.id)
+                .values(resync_pending=False, resyncs=_peer.c.resyncs + 1)
+            )
+        if gone:
+            log.warning("resync with %s deleted %d capabilities it no longer has", peer.id, gone)
+        return gone
+
+    def reset(self, peer: Peer, *, since: int) -> None:
+        """Start a pushing child's resync: its pages start again from 0."""
+        with self.transaction() as s:
+            _at_checkpoint(s, peer, since)
+            s.execute(
+                _peer.update()
+                .where(_peer.c.id == peer.id)
+                .values(checkpoint=0, resync_pending=True)
+            )
+
+    def log_sweep(self, s: Session, namespace: str, name: str) -> None:
+        """Log the deletion of a cascaded capability its peer no longer has, as a
+        tombstone this node signs (nodes above accept it from an ancestor of the owner)."""
+        change = Change(
+            entity="capability",
+            key=f"{namespace}/{name}",
+            op="delete",
+            content_hash="",
+            origin_node=self.node_id,
+        )
+        s.add(change)
+        s.flush()
+        item = make_item(
+            self.key,
+            origin=self.node_id,
+            origin_seq=change.seq,  # type: ignore[arg-type]
+            entity="capability",
+            item_key=change.key,
+            op="delete",
+            entry={"namespace": namespace, "name": name},
+            at=change.created_at.isoformat(),
+        )
+        change.origin_seq, change.item, change.content_hash = change.seq, item, item["content_hash"]
+        s.add(change)
+
+    def _check(
+        self,
+        peer: Peer,
+        raw: Any,
+        keys: dict[str, str],
+        linked: frozenset[str],
+        done: dict[tuple[str, str], tuple[str, int]],
+        outcome: Outcome,
+    ) -> dict[str, Any] | None:
+        """``raw`` when it may be applied; otherwise None, with the rejection or skip
+        recorded on ``outcome``."""
+        wrong = shapes.problem(raw)
+        if wrong is not None:
+            outcome.rejected.append((wrong, raw if isinstance(raw, dict) else {"raw": raw}))
+            return None
+        item: dict[str, Any] = raw
+        entity, key, origin = item["entity"], item["key"], item["origin"]
+        outcome.seen.append((entity, key))
+        refused = refusal(
+            item, this_node=self.node_id, peer=peer.id, relation=peer.relation, linked=linked
+        )
+        if refused is not None:
+            reason, is_rejection = refused
+            if is_rejection:
+                outcome.rejected.append((reason, item))
+            else:
+                outcome.skipped += 1
+            return None
+        hex_key = keys.get(origin)
+        if hex_key is None:
+            outcome.rejected.append((f"no registered key for origin {origin}", item))
+            return None
+        if not verify(self._key(hex_key), signed_part(item), item["signature"]):
+            outcome.rejected.append((f"signature is not {origin}'s", item))
+            return None
+        if content_hash(item["entry"]) != item["content_hash"]:
+            outcome.rejected.append(("content hash does not match the entry", item))
+            return None
+        last = done.get((entity, key))
+        if last is not None and last[0] == origin and last[1] >= item["origin_seq"]:
+            outcome.skipped += 1  # applied before (a replayed or repeated item)
+            return None
+        done[(entity, key)] = (origin, item["origin_seq"])
+        if entity == "node":  # its key verifies the items after it
+            keys[item["entry"]["id"]] = item["entry"]["public_key"]
+        return item
+
+    def _store(
+        self, s: Session, peer: Peer, accepted: list[dict[str, Any]], outcome: Outcome
+    ) -> None:
+        """Write the accepted items of one page. Replication is state-based, so only the
+        last item of each entry in the page is written (all are logged, in order);
+        capabilities and versions go in a few batched statements."""
+        last = {(item["entity"], item["key"]): i for i, item in enumerate(accepted)}
+        deleted = {
+            item["key"]
+            for i, item in enumerate(accepted)
+            if item["entity"] == "capability"
+            and item["op"] == "delete"
+            and last[("capability", item["key"])] == i
+        }
+        caps: list[tuple[dict[str, Any], datetime]] = []
+        versions: list[tuple[dict[str, Any], datetime]] = []
+        version_items: list[dict[str, Any]] = []
+        logged: list[dict[str, Any]] = []
+        for i, item in enumerate(accepted):
+            entity, entry = item["entity"], item["entry"]
+            if entity == "version" and item["key"].split("@", 1)[0] in deleted:
+                outcome.skipped += 1  # its capability is deleted later in this page
+                continue
+            logged.append(item)
+            if last[(entity, item["key"])] != i:
+                continue  # a later item in this page carries the newer state
+            at = datetime.fromisoformat(item["at"]) if _aware(item["at"]) else utcnow()
+            if entity == "node":
+                replica.put_node(s, entry)
+            elif entity == "namespace":
+                replica.put_namespace(s, entry["id"], item["origin"], entry.get("title", ""))
+            elif entity == "capability" and item["op"] == "delete":
+                replica.delete_capability(s, entry["namespace"], entry["name"], at=at)
+            elif entity == "capability":
+                caps.append((entry, at))
+            else:
+                versions.append((entry, at))
+                version_items.append(item)
+        replica.put_capabilities(s, caps, via=peer.id)
+        missing = {id(version_items[i]) for i in replica.put_versions(s, versions)}
+        if missing:
+            # Its capability went here since (an ordering of the feed, not an attack).
+            log.info("skipped %d versions of capabilities this node no longer holds", len(missing))
+            outcome.skipped += len(missing)
+            logged = [item for item in logged if id(item) not in missing]
+        replica.log(s, logged)
+        outcome.applied += len(logged)
+
+
+def _at_checkpoint(s: Session, peer: Peer, since: int) -> None:
+    current = s.execute(sa.select(_peer.c.checkpoint).where(_peer.c.id == peer.id)).scalar_one()
+    if current != since:
+        raise CheckpointMoved(peer.id, since, current)
+
+
+def _text(raw: Any, name: str) -> str | None:
+    value = raw.get(name) if isinstance(raw, dict) else None
+    return str(value)[:600] if value is not None else None
+
+
+def _aware(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False

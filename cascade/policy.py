@@ -1,0 +1,108 @@
+"""Who may send what to whom: ownership by the node tree, and classification.
+
+The node tree is the dotted node ids themselves: ``sd.qd.shinan`` is a child of
+``sd.qd``, a descendant of ``sd``. The rules, enforced both where a feed is served and
+where it is applied:
+
+- Up (a child's feed, read by its parent or pushed to it): only entries whose origin is
+  the child or one of its descendants, signed by their origin.
+- Down (a parent's feed, followed by a child): everything the parent holds except the
+  child's own subtree, and ``internal`` entries only where their owner shares them
+  sideways (its node's ``cascade_share_internal`` setting, signed into each entry).
+- ``restricted`` entries never leave their node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from yunnao.registry.names import in_scope
+
+# Entities a feed carries: node keys, namespaces, capabilities and their versions.
+ENTITIES = ("node", "namespace", "capability", "version")
+
+
+def in_subtree(node: str, root: str) -> bool:
+    """``node`` is ``root`` or below it."""
+    return in_scope(node, root)
+
+
+def below(node: str, root: str) -> bool:
+    """``node`` is strictly below ``root``."""
+    return node != root and in_scope(node, root)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads this node's feed: its parent, one of its children, or an operator of
+    this node (who sees what a parent would)."""
+
+    relation: Literal["parent", "child", "operator"]
+    node: str | None = None
+
+
+def share_of(classification: str, share_internal: bool) -> str:
+    """What an owner allows for an entry: ``all`` (any linked node) or ``up`` (its
+    ancestors only)."""
+    if classification == "public" or (classification == "internal" and share_internal):
+        return "all"
+    return "up"
+
+
+def may_send(item: dict[str, Any], *, this_node: str, reader: Reader) -> bool:
+    """Whether ``item`` (a feed item of this node) may go to ``reader``."""
+    origin = item["origin"]
+    entry = item.get("entry") or {}
+    if entry.get("classification") == "restricted":
+        return False
+    if reader.relation in ("parent", "operator"):
+        return in_subtree(origin, this_node)
+    assert reader.node is not None
+    if in_subtree(origin, reader.node):
+        return False  # the child's own entries, and its descendants'
+    if item["entity"] == "node" and in_subtree(entry.get("id", ""), reader.node):
+        return False
+    return not (entry.get("classification") == "internal" and entry.get("share") != "all")
+
+
+def refusal(
+    item: dict[str, Any],
+    *,
+    this_node: str,
+    peer: str,
+    relation: str,
+    linked: frozenset[str] = frozenset(),
+) -> tuple[str, bool] | None:
+    """Why ``item``, received from ``peer`` (this node's ``relation``), must not be
+    applied, or None when it may be. The flag says whether it is a rejection (logged and
+    counted) rather than an entry this node ignores by rule. ``linked``: the nodes this
+    node registered keys for itself, which no other node may re-key here."""
+    origin, entity, key = item["origin"], item["entity"], item["key"]
+    entry = item["entry"]
+    if relation == "child":
+        if not in_subtree(origin, peer):
+            return f"origin {origin} is neither child {peer} nor below it", True
+    elif in_subtree(origin, this_node):
+        return f"origin {origin} is this node or below it: its entries are not the parent's", True
+    if entity == "node":
+        described = key
+        if described == this_node or described in linked:
+            return "this node registered that key itself", False
+        ancestor_or_parent = below(described, origin) or (relation == "parent" and origin == peer)
+        if not ancestor_or_parent:
+            return f"node {origin} may not vouch for the key of {described}", True
+        return None
+    namespace = key.split("/", 1)[0] if entity != "namespace" else key
+    owner = namespace.rsplit(".", 1)[0]
+    # A tombstone may also come from an ancestor of the owner: after reading a compacted
+    # feed again, a node deletes what its child no longer has and vouches for that.
+    if owner != origin and not (item["op"] == "delete" and below(owner, origin)):
+        return f"namespace {namespace} belongs to node {owner}, not to origin {origin}", True
+    if item["op"] == "upsert":
+        classification = entry.get("classification")
+        if classification == "restricted":
+            return "restricted entries never leave their node", True
+        if relation == "parent" and classification == "internal" and entry.get("share") != "all":
+            return "internal entry its owner does not share sideways", True
+    return None

@@ -1,0 +1,125 @@
+"""The ``remote`` runtime: a capability cascaded from another node runs at its origin.
+
+A call of a cascaded entry goes to the linked node it arrived through (a child for
+entries from below, the parent for entries followed from above), which runs it or
+forwards it again, hop by hop, to the origin. Each hop sends an assertion signed with
+its own node key that carries the caller, so the origin's access rules decide; the
+origin's answer, error or not, comes back as it was given (problem+json included).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from yunnao.plugins.errors import FieldError, YunnaoError
+from yunnao.registry.access import ANONYMOUS
+
+from .base import (
+    CapabilityError,
+    InvocationTimeout,
+    NotDeployable,
+    RuntimeContext,
+    RuntimeDown,
+    RuntimeHealth,
+    Target,
+    check_settings,
+    current_call,
+)
+
+log = logging.getLogger("yunnao.runtimes.remote")
+
+SETTINGS = frozenset({"connect_timeout"})
+
+
+class RemoteFailed(YunnaoError):
+    """The origin answered a problem: passed on with the origin's status and detail."""
+
+    def __init__(self, status: int, body: dict[str, Any], node: str) -> None:
+        detail = str(body.get("detail") or body.get("title") or f"node {node} answered {status}")
+        extra = {k: v for k, v in body.items() if k in ("error_id", "errors_at", "checkpoint")}
+        super().__init__(detail, extra={**extra, "node": node})
+        self.status = status
+        self.slug = str(body.get("type", "")).rsplit("/", 1)[-1] or "remote-error"
+        self.title = str(body.get("title") or "Error at the origin node")
+        self.errors = []
+        for err in body.get("errors") or []:
+            if isinstance(err, dict) and "field" in err:
+                self.errors.append(FieldError(str(err["field"]), str(err.get("message", ""))))
+
+
+class RemoteRuntime:
+    type = "remote"
+
+    def __init__(self, config: Mapping[str, Any], context: RuntimeContext) -> None:
+        check_settings(self.type, config, SETTINGS)
+        self.context = context
+        self.connect_timeout = float(config.get("connect_timeout", 5))
+        self._session: aiohttp.ClientSession | None = None
+
+    def _url(self, target: Target) -> tuple[str, str]:
+        node = str(target.config.get("node", ""))
+        url = self.context.peer_url(node) if self.context.peer_url and node else None
+        if not url:
+            raise NotDeployable(
+                f"{target.id} came from node {node or '(unknown)'}, which this node cannot "
+                "reach (it pushes to this node, or is no longer linked)"
+            )
+        return node, url
+
+    async def deploy(self, target: Target) -> None:
+        self._url(target)
+
+    async def undeploy(self, target: Target) -> None:
+        return None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def invoke(self, target: Target, inputs: dict[str, Any], *, timeout: float) -> Any:
+        node, url = self._url(target)
+        call = current_call.get()
+        caller = call.caller if call is not None else ANONYMOUS
+        assert self.context.assertion is not None
+        headers = {"Authorization": f"Bearer {self.context.assertion(node, caller)}"}
+        if call is not None and call.request_id:
+            headers["X-Request-Id"] = call.request_id
+        path = f"/v1/invoke/{target.namespace}/{target.name}@{target.version}"
+        body = {"input": inputs, "timeout": timeout}
+        client_timeout = aiohttp.ClientTimeout(total=timeout + 5, connect=self.connect_timeout)
+        try:
+            async with self.session.post(
+                url + path, json=body, headers=headers, timeout=client_timeout
+            ) as resp:
+                data = await resp.json(content_type=None)
+                status = resp.status
+        except TimeoutError:
+            raise InvocationTimeout(f"node {node} did not answer {target.id} in time") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise RuntimeDown(f"node {node} cannot be reached: {exc}", retry_after=5) from None
+        if status == 200:
+            return data.get("output") if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            raise CapabilityError(f"node {node} answered {status} without a problem document")
+        if status == 503:
+            raise RuntimeDown(f"at node {node}: {data.get('detail', 'unavailable')}")
+        if status == 504:
+            raise InvocationTimeout(f"at node {node}: {data.get('detail', 'timed out')}")
+        raise RemoteFailed(status, data, node)
+
+    async def health(self) -> RuntimeHealth:
+        return RuntimeHealth(ok=True, detail="forwards to linked nodes")
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.type}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

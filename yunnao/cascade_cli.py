@@ -1,0 +1,306 @@
+"""``yunnao cascade``: link this node to its parent and children, and watch the sync.
+
+Each command talks to the node over HTTP. Run on the node's machine, it signs its own
+short admin token with the node key (as ``yunnao token create`` would); elsewhere,
+give ``--token`` (an admin token of that node for changes, operator for status).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .cli import _print_json, _request, _settings, client_options, console, node_options
+
+
+def _token(token: str | None, node_id: str | None, data_dir: str | None, url: str) -> str:
+    """The given token, or a 10-minute admin token signed with the local node key."""
+    if token:
+        return token
+    from yunnao.registry import tokens
+
+    settings = _settings(node_id=node_id, data_dir=data_dir)
+    if not settings.key_path.exists():
+        raise click.UsageError(
+            f"no --token given and no node key at {settings.key_path}: run this on the node's "
+            f"machine (with its --data-dir and --node-id), or pass an admin token of {url}"
+        )
+    key = tokens.load_or_create_key(settings.key_path)
+    return tokens.issue(
+        key,
+        node_id=settings.node_id,
+        subject="yunnao-cli",
+        role="admin",
+        scopes=[settings.node_id],
+        ttl=timedelta(minutes=10),
+    )
+
+
+@dataclass(frozen=True)
+class Node:
+    """The node a cascade command talks to, and how."""
+
+    url: str
+    token: str | None
+    node_id: str | None
+    data_dir: str | None
+    as_json: bool
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        bearer = _token(self.token, self.node_id, self.data_dir, self.url)
+        return _request(self.url, bearer, method, path, **kwargs)
+
+
+def cascade_options(fn: Any) -> Any:
+    """The node and client options, handed to the command as one ``node`` argument."""
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any,
+        node_id: str | None,
+        data_dir: str | None,
+        url: str,
+        token: str | None,
+        as_json: bool,
+        **kwargs: Any,
+    ) -> Any:
+        return fn(*args, node=Node(url, token, node_id, data_dir, as_json), **kwargs)
+
+    return node_options(client_options(command), store=False)
+
+
+@click.group()
+def cascade() -> None:
+    """Link this node to its parent and children, and watch replication.
+
+    \b
+    Linking takes one command on each side, e.g. for district sd.qd.shinan:
+      at the city:      yunnao cascade add-child sd.qd.shinan --child-url http://shinan:8000
+      at the district:  yunnao cascade add-parent sd.qd --parent-url http://city:8000
+    From then on the nodes stay in sync by themselves, through restarts and outages.
+    """
+
+
+def _link(node: Node, body: dict[str, Any]) -> None:
+    data = node.request("POST", "/v1/cascade/peers", json=body)
+    if node.as_json:
+        _print_json(data)
+        return
+    modes = [m for m in ("pull", "push") if data[m]]
+    fingerprint = data["public_key"][:16]
+    console.print(
+        f"linked {data['relation']} [bold]{data['id']}[/bold] "
+        f"({', '.join(modes) or 'it pushes here'}; key {fingerprint}…)"
+    )
+
+
+@cascade.command("node")
+@client_options
+def show_node(url: str, token: str | None, as_json: bool) -> None:
+    """Show a node's id, public key, parent and children (what linking it needs)."""
+    data = _request(url, token, "GET", "/v1/cascade/node")
+    if as_json:
+        _print_json(data)
+        return
+    console.print(f"node        {data['id']}  {data['title']}".rstrip())
+    console.print(f"public key  {data['public_key']}")
+    console.print(f"parent      {data['parent'] or '-'}")
+    console.print(f"children    {', '.join(data['children']) or '-'}")
+
+
+@cascade.command("add-child")
+@click.argument("child")
+@click.option("--child-url", "child_url", help="The child's base URL (to pull its feed)")
+@click.option(
+    "--public-key", help="The child's public key (64 hex digits); read from --child-url if left out"
+)
+@click.option(
+    "--push-only",
+    is_flag=True,
+    help="The child pushes to this node (its network allows only outgoing connections); "
+    "this node does not pull",
+)
+@cascade_options
+def add_child(
+    child: str,
+    child_url: str | None,
+    public_key: str | None,
+    push_only: bool,
+    node: Node,
+) -> None:
+    """Link CHILD (a node id one segment below this node's) as a child: its entries
+    cascade up to this node, which re-exposes them to its own parent."""
+    body = {"id": child, "relation": "child", "url": child_url, "public_key": public_key}
+    body["pull"] = not push_only
+    _link(node, body)
+
+
+@cascade.command("add-parent")
+@click.argument("parent")
+@click.option("--parent-url", "parent_url", help="The parent's base URL")
+@click.option(
+    "--public-key",
+    help="The parent's public key (64 hex digits); read from --parent-url if left out",
+)
+@click.option(
+    "--push",
+    is_flag=True,
+    help="Send this node's changes to the parent (when the parent cannot reach this node)",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Also read the parent's catalog (its own and the siblings' shared capabilities)",
+)
+@cascade_options
+def add_parent(
+    parent: str,
+    parent_url: str | None,
+    public_key: str | None,
+    push: bool,
+    follow: bool,
+    node: Node,
+) -> None:
+    """Link PARENT (a node id above this one) as this node's parent. By default the
+    parent pulls this node's feed; --push sends it instead, --follow reads the parent's."""
+    body = {
+        "id": parent,
+        "relation": "parent",
+        "url": parent_url,
+        "public_key": public_key,
+        "pull": follow,
+        "push": push,
+    }
+    _link(node, body)
+
+
+@cascade.command("remove")
+@click.argument("peer")
+@cascade_options
+def remove(peer: str, node: Node) -> None:
+    """Unlink PEER (entries it sent stay until deleted at their origin)."""
+    node.request("DELETE", f"/v1/cascade/peers/{peer}")
+    console.print(f"unlinked {peer}")
+
+
+def _age(value: str | None) -> str:
+    if not value:
+        return "never"
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(value)).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _table(peers: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("peer", no_wrap=True)
+    for column in ("relation", "mode", "applied through", "lag", "last sync", "rejected"):
+        table.add_column(column)
+    table.add_column("last error", overflow="fold")
+    for p in peers:
+        modes = [m for m in ("pull", "push") if p[m]] or (
+            ["pushes here"] if p["relation"] == "child" else ["-"]
+        )
+        lag = "-"
+        if p["lag_seconds"] is not None:
+            lag = f"{p['lag_entries']} ({p['lag_seconds']:.1f} s)"
+        error = ""
+        if p["failures"]:
+            error = f"[red]{p['failures']}× {p['last_error']}[/red]"
+        table.add_row(
+            p["id"],
+            p["relation"],
+            ", ".join(modes),
+            f"{p['checkpoint']} / {p['head']}",
+            lag,
+            _age(p["last_sync_at"]),
+            str(p["rejected"]),
+            error,
+        )
+    return table
+
+
+@cascade.command("status")
+@cascade_options
+def status(node: Node) -> None:
+    """This node's parent and children: checkpoint, lag, last sync, errors, rejections."""
+    data = node.request("GET", "/v1/cascade/peers")
+    if node.as_json:
+        _print_json(data)
+    elif not data["items"]:
+        console.print(f"node {data['node']} is not linked to any node")
+    else:
+        console.print(_table(data["items"], f"node {data['node']}"))
+
+
+@cascade.command("sync")
+@click.argument("peers", nargs=-1, metavar="[PEER]...")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds per peer")
+@cascade_options
+def sync(
+    peers: tuple[str, ...],
+    timeout: float,
+    node: Node,
+) -> None:
+    """Catch up with PEERs now (default: every linked node) and show their status."""
+    if not peers:
+        peers = tuple(p["id"] for p in node.request("GET", "/v1/cascade/peers")["items"])
+    results = []
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=node.as_json,
+    ) as progress:
+        for peer in peers:
+            task = progress.add_task(f"syncing with {peer}", total=None)
+            results.append(
+                node.request(
+                    "POST",
+                    f"/v1/cascade/peers/{peer}/sync",
+                    params={"timeout": timeout},
+                    timeout=timeout + 10,
+                )
+            )
+            progress.remove_task(task)
+    if node.as_json:
+        _print_json({"items": results})
+    else:
+        console.print(_table(results, "synced"))
+
+
+@cascade.command("rejections")
+@click.option("--peer", help="Only entries sent by this linked node")
+@click.option("--limit", type=int, default=20, show_default=True)
+@cascade_options
+def rejections(
+    peer: str | None,
+    limit: int,
+    node: Node,
+) -> None:
+    """Entries linked nodes sent that were rejected, newest first, with the reason."""
+    params: dict[str, Any] = {"limit": limit}
+    if peer:
+        params["peer"] = peer
+    data = node.request("GET", "/v1/cascade/rejections", params=params)
+    if node.as_json:
+        _print_json(data)
+        return
+    table = Table(title=f"{len(data['items'])} rejected entries", title_justify="left")
+    for column in ("when", "from", "origin", "entry", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in data["items"]:
+        entry = f"{r['entity'] or '?'} {r['key'] or '?'}"
+        table.add_row(_age(r["at"]), r["peer"], r["origin"] or "?", entry, r["reason"])
+    console.print(table)
