@@ -62,7 +62,7 @@ def _operator(request: Request, *, admin: bool = False) -> Identity:
     identity = identity_of(request)
     cascade = _cascade(request)
     if not identity.authenticated or identity.peer is not None:
-        raise Unauthorized("linking and cascade status are for this node's operators")
+        raise Unauthorized("this is for linked nodes and this node's operators")
     roles = {"admin"} if admin else OPERATOR_ROLES
     if identity.role not in roles or not any(in_scope(cascade.node_id, s) for s in identity.scopes):
         raise Forbidden(
@@ -116,10 +116,7 @@ def _reader(request: Request) -> Reader:
         if peer is None:
             raise Forbidden(f"node {identity.peer} is not linked here")
         return Reader("parent") if peer.relation == "parent" else Reader("child", peer.id)
-    if not identity.authenticated:
-        raise Unauthorized("the change feed is for linked nodes and this node's operators")
-    if identity.role not in OPERATOR_ROLES:
-        raise Forbidden(f"the change feed needs one of: {', '.join(sorted(OPERATOR_ROLES))}")
+    _operator(request)
     return Reader("operator")
 
 

@@ -18,7 +18,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from yunnao.registry.db import write_session
-from yunnao.registry.tables import CascadeState, Change, utcnow
+from yunnao.registry.tables import CascadeState, Change, Rejection, utcnow
 
 from .feed import COMPACTED_THROUGH, Feed
 
@@ -26,6 +26,7 @@ log = logging.getLogger("yunnao.cascade")
 
 _change = Change.__table__  # type: ignore[attr-defined]
 _state = CascadeState.__table__  # type: ignore[attr-defined]
+_rejection = Rejection.__table__  # type: ignore[attr-defined]
 
 
 def compact(feed: Feed, *, keep_days: float) -> tuple[int, int]:
@@ -33,12 +34,19 @@ def compact(feed: Feed, *, keep_days: float) -> tuple[int, int]:
     returns (compacted_through, rows removed)."""
     cutoff = utcnow() - timedelta(days=keep_days)
     with write_session(feed.engine) as s:
+        # Rejected entries are kept for operators as long as the changes are.
+        s.execute(_rejection.delete().where(_rejection.c.at <= cutoff))
         previous = s.execute(
             sa.select(_state.c.value).where(_state.c.name == COMPACTED_THROUGH)
         ).scalar()
         through = s.execute(
             sa.select(sa.func.max(_change.c.seq)).where(_change.c.created_at <= cutoff)
         ).scalar()
+        # The newest change always stays: SQLite hands out max(seq) + 1 next, so removing
+        # it would reuse a sequence number a follower has already passed; and a follower
+        # that reaches the end is then never behind the compaction.
+        newest = s.execute(sa.select(sa.func.max(_change.c.seq))).scalar() or 0
+        through = min(through or 0, newest - 1)
         if not through or (previous and through <= previous):
             return previous or 0, 0
         later = _change.alias("later")

@@ -143,6 +143,10 @@ class Replicator:
                         await self.pull(peer, live=True)
                     else:
                         await self.push(peer, cursor, live=True)
+                except CheckpointMoved:
+                    # Another process on the same store applied that page: carry on from
+                    # where it got to (not a failure of the peer).
+                    await anyio.sleep(0.2)
                 except Exception as exc:  # every failure is recorded and retried
                     cursor.clear()
                     message = str(exc) or type(exc).__name__

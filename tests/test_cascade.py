@@ -255,6 +255,11 @@ def test_a_push_only_district_reaches_the_province(tree: Tree) -> None:
     tree.laoshan.publish("roads", "potholes", classification="public")
     until(lambda: tree.province.get(ref).status_code == 200, 30, ref)
     assert tree.city.peers()[LAOSHAN]["lag_entries"] == 0
+    # The city cannot reach a district that pushes, so calls of its entries say so.
+    for site in (tree.city, tree.province):
+        resp = httpx.post(f"{site.url}/v1/invoke/{ref}", json={"input": {}}, timeout=30)
+        assert resp.status_code == 409, resp.text
+        assert "cannot reach" in resp.json()["detail"]
 
 
 def test_restricted_entries_never_leave_and_internal_ones_do_not_go_sideways(tree: Tree) -> None:
@@ -539,6 +544,7 @@ def test_a_compacted_feed_is_read_again_and_deletions_still_arrive(tree: Tree) -
     until(lambda: province.get(f"{SHINAN}.bulk/doomed").status_code == 200, 30, "doomed up")
     assert city.proc.stop()
     httpx.delete(f"{shinan.url}/v1/capabilities/{SHINAN}.bulk/doomed", headers=shinan.auth())
+    shinan.publish("bulk", "later", classification="public")  # the tombstone is not the newest
     compacted = httpx.post(
         f"{shinan.url}/v1/cascade/compact", json={"keep_days": 0}, headers=shinan.auth()
     )
@@ -550,6 +556,27 @@ def test_a_compacted_feed_is_read_again_and_deletions_still_arrive(tree: Tree) -
         until(lambda s=site: s.get(f"{SHINAN}.bulk/doomed").status_code == 404, 60, site.node_id)
     assert city.peers()[SHINAN]["resyncs"] >= 1
     until(tree.converged, 60, "converged after a resync")
+
+
+def test_a_pushing_district_behind_a_compaction_sends_everything_again(tree: Tree) -> None:
+    laoshan, city, province = tree.laoshan, tree.city, tree.province
+    laoshan.publish("roads", "cones", classification="public")
+    laoshan.publish("roads", "signs", classification="public")
+    until(lambda: province.get(f"{LAOSHAN}.roads/cones").status_code == 200, 30, "cones up")
+    assert city.proc.stop()
+    auth = laoshan.auth()
+    httpx.delete(f"{laoshan.url}/v1/capabilities/{LAOSHAN}.roads/cones", headers=auth)
+    laoshan.publish("roads", "barriers", classification="public")
+    compacted = httpx.post(f"{laoshan.url}/v1/cascade/compact", json={"keep_days": 0}, headers=auth)
+    assert compacted.status_code == 200 and compacted.json()["removed"] > 0
+    city.proc.start(timeout=60)
+    for site in (city, province):
+        until(lambda s=site: s.get(f"{LAOSHAN}.roads/cones").status_code == 404, 60, site.node_id)
+    assert city.get(f"{LAOSHAN}.roads/signs").status_code == 200
+    assert city.get(f"{LAOSHAN}.roads/barriers").status_code == 200
+    assert city.peers()[LAOSHAN]["resyncs"] >= 1
+    until(tree.converged, 60, "converged after a pushed resync")
+    assert city.duplicate_applies() == []
 
 
 # ---------------------------------------------------------------- operators

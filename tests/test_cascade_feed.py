@@ -117,6 +117,8 @@ def test_only_linked_nodes_read_the_feed(sqlite_node: Node) -> None:
     node = sqlite_node
     assert_problem(node.client.get(FEED), 401)
     assert_problem(node.client.get(FEED, headers=node.auth("consumer", NODE_ID)), 403)
+    # An operator of one department is not an operator of the node.
+    assert_problem(node.client.get(FEED, headers=node.auth("operator", f"{NODE_ID}.traffic")), 403)
     assert_problem(node.client.get(FEED, params={"limit": 0}, headers=_peer(node)), 400)
 
 
@@ -213,10 +215,15 @@ def test_a_feed_applies_to_a_parent_store_once_and_compacts(
         # Compaction keeps what a follower from 0 needs, and sends the others to 0.
         feed = Feed(engine, "sd", key)
         whole = feed.page(0, 1000, Reader("operator")).items
+        newest = feed.head()
         through, removed = compact(feed, keep_days=0)
-        assert through > 0 and removed > 0
+        assert 0 < through < newest and removed > 0
         with pytest.raises(Compacted):
             feed.page(1, 1000, Reader("operator"))
+        # The newest change stays (no sequence number is handed out twice), so a
+        # follower that had everything is not sent back to the start.
+        assert feed.head() == newest
+        assert feed.page(newest, 1000, Reader("operator")).items == []
         after = feed.page(0, 1000, Reader("operator")).items
         assert {(i["key"], i["origin_seq"]) for i in after} <= {
             (i["key"], i["origin_seq"]) for i in whole
