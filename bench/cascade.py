@@ -195,8 +195,6 @@ def report(sync: SyncResult, local: list[float], remote: list[float]) -> str:
     gap = statistics.mean(r - loc for r, loc in zip(remote, local, strict=True)) * 1000
     lines = [
         START,
-        "## Cascade",
-        "",
         f"`bench/cascade.py` on {platform.machine()}, Python {platform.python_version()}, "
         "a district and a city as `yunnao serve` processes on SQLite, on the same machine.",
         "",
@@ -254,7 +252,7 @@ def main() -> None:
     if args.out == "-":
         print(section)
     else:
-        sections.write(section, Path(args.out), START, END)
+        sections.write(section, Path(args.out), START, END, heading="## Cascade")
         console.print(f"wrote {args.out}")
 
 

@@ -325,11 +325,15 @@ def _capabilities(
     out: dict[tuple[str, str], CapabilityRow] = {}
     for start in range(0, len(wanted), 400):
         chunk = wanted[start : start + 400]
+        pairs = set(chunk)
+        # Two IN lists, not a row-value IN: SQLite answers that one with a full scan.
         stmt = select(CapabilityRow).where(
-            sa.tuple_(col(CapabilityRow.namespace), col(CapabilityRow.name)).in_(chunk)
+            col(CapabilityRow.namespace).in_({ns for ns, _ in chunk}),
+            col(CapabilityRow.name).in_({name for _, name in chunk}),
         )
         for row in s.exec(stmt):
-            out[(row.namespace, row.name)] = row
+            if (row.namespace, row.name) in pairs:
+                out[(row.namespace, row.name)] = row
     return out
 
 
@@ -343,14 +347,14 @@ def _versions(
         if row is not None:
             wanted.append((row.id, key.rsplit("@", 1)[1]))
     out: dict[str, VersionRow] = {}
-    for start in range(0, len(wanted), 400):
-        chunk = wanted[start : start + 400]
-        stmt = select(VersionRow).where(
-            sa.tuple_(col(VersionRow.capability_id), col(VersionRow.version)).in_(chunk)
-        )
+    pairs = set(wanted)
+    ids = sorted({cid for cid, _ in wanted})
+    for start in range(0, len(ids), 400):
+        stmt = select(VersionRow).where(col(VersionRow.capability_id).in_(ids[start : start + 400]))
         for vrow in s.exec(stmt):
-            cap = by_id[vrow.capability_id]
-            out[f"{cap.namespace}/{cap.name}@{vrow.version}"] = vrow
+            if (vrow.capability_id, vrow.version) in pairs:
+                cap = by_id[vrow.capability_id]
+                out[f"{cap.namespace}/{cap.name}@{vrow.version}"] = vrow
     return out
 
 

@@ -238,11 +238,15 @@ class FacetIndex:
         pairs = [tuple(k.split("/", 1)) for k in keys]
         for i in range(0, len(pairs), 500):
             chunk = pairs[i : i + 500]
+            wanted = set(chunk)
+            # Two IN lists, not a row-value IN: SQLite answers that one with a full scan.
             stmt = sa.select(*_COLUMNS).where(
-                sa.tuple_(col(CapabilityRow.namespace), col(CapabilityRow.name)).in_(chunk)
+                col(CapabilityRow.namespace).in_({p[0] for p in chunk}),
+                col(CapabilityRow.name).in_({p[-1] for p in chunk}),
             )
             for r in conn.execute(stmt):
-                found[f"{r.namespace}/{r.name}"] = r
+                if (r.namespace, r.name) in wanted:
+                    found[f"{r.namespace}/{r.name}"] = r
 
         # New capabilities go to the end in id order: positions stay sorted by id, which
         # search's id -> position lookup (searchsorted) relies on.

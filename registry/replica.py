@@ -129,13 +129,16 @@ def _capability_ids(
 ) -> dict[tuple[str, str], tuple[int, datetime | None]]:
     out: dict[tuple[str, str], tuple[int, datetime | None]] = {}
     for chunk in _chunks(sorted(set(pairs))):
+        wanted = set(chunk)
+        # Two IN lists, not a row-value IN: SQLite answers that one with a full scan.
         stmt = sa.select(_cap.c.id, _cap.c.namespace, _cap.c.name, _cap.c.deleted_at).where(
-            sa.tuple_(_cap.c.namespace, _cap.c.name).in_(chunk)
+            _cap.c.namespace.in_({ns for ns, _ in chunk}), _cap.c.name.in_({n for _, n in chunk})
         )
         if live_only:
             stmt = stmt.where(_cap.c.deleted_at.is_(None))
         for cid, ns, name, deleted in s.execute(stmt):
-            out[(ns, name)] = (cid, deleted)
+            if (ns, name) in wanted:
+                out[(ns, name)] = (cid, deleted)
     return out
 
 
@@ -248,9 +251,9 @@ def put_versions(s: Session, items: list[tuple[dict[str, Any], datetime]]) -> li
     present = [(e, at) for e, at in items if (e["namespace"], e["name"]) in caps]
     wanted = [(caps[(e["namespace"], e["name"])][0], e["version"]) for e, _ in present]
     existing: dict[tuple[int, str], int] = {}
-    for chunk in _chunks(sorted(set(wanted))):
+    for chunk in _chunks(sorted({cid for cid, _ in wanted})):
         stmt = sa.select(_ver.c.id, _ver.c.capability_id, _ver.c.version).where(
-            sa.tuple_(_ver.c.capability_id, _ver.c.version).in_(chunk)
+            _ver.c.capability_id.in_(chunk)
         )
         for vid, cid, number in s.execute(stmt):
             existing[(cid, number)] = vid

@@ -378,7 +378,14 @@ def _ingest(tree: Tree, sender: Site, body: dict[str, Any]) -> httpx.Response:
     )
 
 
-def _item(signer: Site, origin: str, namespace: str, name: str, seq: int = 10**9) -> dict:
+def _item(
+    signer: Site,
+    origin: str,
+    namespace: str,
+    name: str,
+    seq: int = 10**9,
+    classification: str = "public",
+) -> dict:
     entry = {
         "namespace": namespace,
         "name": name,
@@ -390,7 +397,7 @@ def _item(signer: Site, origin: str, namespace: str, name: str, seq: int = 10**9
         "kind": "algorithm",
         "domain": "other",
         "tags": [],
-        "classification": "public",
+        "classification": classification,
         "owner": "",
         "contact": "",
         "license": "",
@@ -425,7 +432,9 @@ def test_forged_foreign_and_replayed_entries_are_rejected(tree: Tree) -> None:
     # Signed with shinan's own key, but sent by laoshan: not laoshan's subtree.
     stolen = _item(shinan, SHINAN, f"{SHINAN}.traffic", "flow-forecast")
     malformed = {"origin": LAOSHAN, "entity": "capability"}
-    batch = [tampered, bad_signature, foreign, impostor, stolen, malformed]
+    # Well signed, but restricted: the receiving side enforces the policy too.
+    restricted = _item(laoshan, LAOSHAN, f"{LAOSHAN}.roads", "secret", classification="restricted")
+    batch = [tampered, bad_signature, foreign, impostor, stolen, malformed, restricted]
     resp = _ingest(
         tree, laoshan, {"since": checkpoint, "next": checkpoint, "head": checkpoint, "items": batch}
     )
@@ -442,6 +451,7 @@ def test_forged_foreign_and_replayed_entries_are_rejected(tree: Tree) -> None:
     reasons = " | ".join(r["reason"] for r in listed)
     assert "signature is not" in reasons and "belongs to node sd.qd.shinan" in reasons
     assert "neither child sd.qd.laoshan nor below it" in reasons and "malformed" in reasons
+    assert "restricted entries never leave their node" in reasons
     shown = tree.city.cascade("rejections", "--peer", LAOSHAN).stdout
     assert "signature" in shown
 

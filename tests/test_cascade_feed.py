@@ -17,7 +17,7 @@ from yunnao.cascade.apply import Applier, CheckpointMoved
 from yunnao.cascade.compaction import compact
 from yunnao.cascade.feed import Compacted, Feed, signed_part
 from yunnao.cascade.peers import PeerStore
-from yunnao.cascade.policy import Reader
+from yunnao.cascade.policy import Reader, may_send, refusal
 from yunnao.cascade.signing import sign, verify
 from yunnao.registry import db, tokens
 from yunnao.registry.store import RegistryStore
@@ -232,3 +232,48 @@ def test_a_feed_applies_to_a_parent_store_once_and_compacts(
         assert live == set(expected)
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("relation", "peer", "origin", "key", "classification", "share", "refused"),
+    [
+        # from a child: its subtree only, namespaces their origin owns, never restricted
+        ("child", "sd.qd.a", "sd.qd.a", "sd.qd.a.x/cap", "public", "all", None),
+        ("child", "sd.qd.a", "sd.qd.a.b", "sd.qd.a.b.x/cap", "internal", "up", None),
+        ("child", "sd.qd.a", "sd.qd.b", "sd.qd.b.x/cap", "public", "all", "neither child"),
+        ("child", "sd.qd.a", "sd.qd.a", "sd.qd.b.x/cap", "public", "all", "belongs to node"),
+        ("child", "sd.qd.a", "sd.qd.a", "sd.qd.a.x/cap", "restricted", "up", "never leave"),
+        # from the parent: not this node's own subtree, internal only when shared sideways
+        ("parent", "sd", "sd.qe", "sd.qe.x/cap", "public", "all", None),
+        ("parent", "sd", "sd.qe", "sd.qe.x/cap", "internal", "all", None),
+        ("parent", "sd", "sd.qe", "sd.qe.x/cap", "internal", "up", "not share sideways"),
+        ("parent", "sd", "sd.qd", "sd.qd.x/cap", "public", "all", "this node or below"),
+    ],
+)
+def test_the_receiving_side_enforces_ownership_and_classification(
+    relation: str,
+    peer: str,
+    origin: str,
+    key: str,
+    classification: str,
+    share: str,
+    refused: str | None,
+) -> None:
+    item = {
+        "origin": origin,
+        "entity": "capability",
+        "key": key,
+        "op": "upsert",
+        "entry": {"classification": classification, "share": share},
+    }
+    this = "sd.qd"
+    answer = refusal(item, this_node=this, peer=peer, relation=relation)
+    if refused is None:
+        assert answer is None
+    else:
+        assert answer is not None and refused in answer[0] and answer[1], answer
+    # The sending side agrees: what is refused here it does not send either, except an
+    # ownership forgery, which only the receiving side can catch.
+    reader = Reader("parent") if relation == "child" else Reader("child", this)
+    sent = may_send(item, this_node=peer, reader=reader)
+    assert sent == (refused is None) or refused == "belongs to node"
