@@ -96,9 +96,15 @@ class Applier:
             _at_checkpoint(s, peer, since)
             keys = replica.node_keys(s)
             linked = frozenset(s.execute(sa.select(_peer.c.id)).scalars())
-            wellformed = [i for i in items if isinstance(i, dict)]
             done = replica.last_applied(
-                s, [(i.get("entity", ""), i.get("key", "")) for i in wellformed]
+                s,
+                [
+                    (i["entity"], i["key"])
+                    for i in items
+                    if isinstance(i, dict)
+                    and isinstance(i.get("entity"), str)
+                    and isinstance(i.get("key"), str)
+                ],
             )
             accepted = [
                 item
@@ -120,9 +126,9 @@ class Applier:
                 s.add(
                     Rejection(
                         peer=peer.id,
-                        origin=_text(raw, "origin"),
-                        entity=_text(raw, "entity"),
-                        key=_text(raw, "key"),
+                        origin=_text(raw, "origin", 330),
+                        entity=_text(raw, "entity", 16),
+                        key=_text(raw, "key", 600),
                         reason=reason[:500],
                         item=raw,
                     )
@@ -330,9 +336,10 @@ def _at_checkpoint(s: Session, peer: Peer, since: int) -> None:
         raise CheckpointMoved(peer.id, since, current)
 
 
-def _text(raw: Any, name: str) -> str | None:
+def _text(raw: Any, name: str, size: int = 600) -> str | None:
+    """A member of a (maybe malformed) item as text that fits its column."""
     value = raw.get(name) if isinstance(raw, dict) else None
-    return str(value)[:600] if value is not None else None
+    return str(value)[:size] if value is not None else None
 
 
 def _aware(text: str) -> bool:

@@ -109,6 +109,10 @@ class RemoteRuntime:
             raise CapabilityError(f"node {node} answered {status} without a problem document")
         if status == 503:
             raise RuntimeDown(f"at node {node}: {data.get('detail', 'unavailable')}")
+        if status == 401:
+            # The caller is fine; the link is not (the node does not accept this node's
+            # assertion): an operator's matter, not the caller's.
+            raise RuntimeDown(f"node {node} refused this node's assertion: {data.get('detail')}")
         if status == 504:
             raise InvocationTimeout(f"at node {node}: {data.get('detail', 'timed out')}")
         raise RemoteFailed(status, data, node)

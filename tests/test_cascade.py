@@ -609,3 +609,18 @@ def test_operators_see_peers_lag_and_metrics(tree: Tree) -> None:
     assert httpx.get(f"{city.url}/v1/cascade/peers").status_code == 401
     consumer = httpx.get(f"{city.url}/v1/cascade/peers", headers=city.auth("consumer"))
     assert consumer.status_code == 403
+
+
+def test_a_broken_link_is_a_503_for_the_caller_not_a_401(tree: Tree) -> None:
+    shinan, city = tree.shinan, tree.city
+    ref = f"{SHINAN}.traffic/flow-forecast"
+    body = {"input": {"counts": COUNTS, "hour": 5}}
+    assert httpx.post(f"{city.url}/v1/invoke/{ref}", json=body, timeout=60).status_code == 200
+    shinan.cascade("remove", CITY)  # shinan no longer accepts the city's assertions
+    try:
+        resp = httpx.post(f"{city.url}/v1/invoke/{ref}", json=body, timeout=60)
+        problem = resp.json()
+        assert resp.status_code == 503 and "Retry-After" in resp.headers, resp.text
+        assert "refused this node's assertion" in problem["detail"]
+    finally:
+        shinan.cascade("add-parent", CITY, "--parent-url", city.url, "--follow")

@@ -204,6 +204,17 @@ def test_a_feed_applies_to_a_parent_store_once_and_compacts(
         assert _contents(engine, NODE_ID) == expected
         assert set(expected) == {f"{NS}/open", f"{NS}/staff"}
 
+        # Junk from a linked node is rejected and recorded, whatever its shape.
+        junk = [
+            {"entity": "x" * 100, "key": 123, "origin": ["sd"]},
+            {**items[0], "key": "k" * 2000},
+            "not an item",
+            None,
+        ]
+        bad = applier.apply(peers.get(NODE_ID), junk, since=head, next_seq=head, head=head)
+        assert bad.applied == 0 and len(bad.rejected) == len(junk)
+        assert len(peers.rejections(NODE_ID)) == len(junk)
+
         # The same page again: refused whole (the checkpoint has moved) ...
         with pytest.raises(CheckpointMoved):
             applier.apply(peer, items, since=0, next_seq=head, head=head)
