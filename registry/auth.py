@@ -11,7 +11,7 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from yunnao.plugins.errors import Unauthorized
+from yunnao.plugins.errors import Unauthorized, YunnaoError
 
 from .access import ANONYMOUS, Identity
 from .problems import yunnao_error
@@ -37,7 +37,7 @@ class AuthMiddleware:
                 if scheme.lower() != "bearer" or not token.strip():
                     raise Unauthorized("Authorization header must be 'Bearer <token>'")
                 identity = self.verify(token.strip())
-            except Unauthorized as exc:
+            except YunnaoError as exc:  # 401, or 503 when the identity provider is down
                 response = await yunnao_error(request, exc)
                 await response(scope, receive, send)
                 return

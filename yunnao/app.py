@@ -29,6 +29,7 @@ from yunnao.plugins.errors import Unauthorized, Unavailable, YunnaoError
 from yunnao.plugins.loader import Plugins
 from yunnao.registry import api, db, migrate, openapi, tokens
 from yunnao.registry.auth import AuthMiddleware
+from yunnao.registry.oidc import OidcConfig, OidcVerifier
 from yunnao.registry.problems import EXCEPTION_HANDLERS
 from yunnao.registry.publishing import Publisher
 from yunnao.registry.request_id import RequestIdMiddleware
@@ -92,6 +93,23 @@ def publish_new(publisher: Publisher, plugins: Plugins) -> None:
             log.warning("could not publish %s/%s: %s", namespace, cap.name, exc.detail)
         else:
             log.info("published %s as %s", published.version.id, published.model_uri)
+
+
+def single_sign_on(settings: Settings) -> OidcVerifier | None:
+    """The verifier of the configured identity provider's tokens, if there is one."""
+    if not settings.oidc_issuer:
+        return None
+    return OidcVerifier(
+        OidcConfig(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            leeway=settings.oidc_leeway,
+            role_claim=settings.oidc_role_claim,
+            node_claim=settings.oidc_node_claim,
+            department_claim=settings.oidc_department_claim,
+        )
+    )
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -158,13 +176,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_attempts=settings.job_max_attempts,
     )
 
+    sso = single_sign_on(settings)
+
     def verify(token: str) -> Any:
         issuer = assertions.issuer_of(token)
+        if sso is not None and issuer == settings.oidc_issuer:
+            return sso.verify(token)
         if issuer is None or issuer == settings.node_id:
             return tokens.verify(public_key, settings.node_id, token)
         peer_key = peer_keys.key(issuer)
         if peer_key is None:
-            raise Unauthorized(f"token issued by node {issuer!r}, which is not linked to this one")
+            raise Unauthorized(
+                f"token issued by {issuer!r}, which this node does not accept (neither this "
+                "node, its identity provider, nor a linked node)"
+            )
         return assertions.verify(peer_key, peer=issuer, node_id=settings.node_id, token=token)
 
     feed = Feed(engine, settings.node_id, key, share_internal=settings.cascade_share_internal)

@@ -71,6 +71,21 @@ class Settings(BaseSettings):
         description="compact superseded changes and tombstones older than this from the feed "
         "(hourly); followers further behind read it again from the start. None: never",
     )
+    oidc_issuer: str | None = Field(
+        None,
+        description="single sign-on: the OpenID Connect issuer whose bearer tokens this node "
+        "accepts (e.g. https://sso.qd.gov.cn/realms/city); unset: node tokens only",
+    )
+    oidc_audience: str = Field("yunnao", description="the audience those tokens must name")
+    oidc_jwks_url: str | None = Field(
+        None, description="the issuer's JWKS URL, if not the one its discovery document names"
+    )
+    oidc_leeway: float = Field(60.0, ge=0, le=600, description="seconds of clock skew tolerated")
+    oidc_role_claim: str = Field("role", description="claim holding the role (or a list)")
+    oidc_node_claim: str = Field("node", description="claim holding the caller's node id")
+    oidc_department_claim: str = Field(
+        "department", description="claim holding the caller's department (a namespace segment)"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")
