@@ -41,6 +41,14 @@ class Identity:
     # The linked node that sent the request (a peer reading the feed, or forwarding a
     # call for ``subject``); None for requests made at this node.
     peer: str | None = None
+    # An API key's limit: the capabilities (namespace/name, or namespace/*) it may
+    # invoke; None: no limit beyond the role's.
+    capabilities: tuple[str, ...] | None = None
+
+    def may_invoke(self, namespace: str, name: str) -> bool:
+        if self.capabilities is None:
+            return True
+        return f"{namespace}/{name}" in self.capabilities or f"{namespace}/*" in self.capabilities
 
     @property
     def authenticated(self) -> bool:
@@ -96,6 +104,15 @@ def require_writer(identity: Identity, namespace: str | None) -> None:
     if namespace is not None and not identity.writes(namespace):
         scopes = ", ".join(identity.scopes) or "none"
         raise Forbidden(f"token is scoped to {scopes}; it may not write namespace {namespace!r}")
+
+
+def require_node_admin(identity: Identity, node_id: str) -> None:
+    """Raise unless ``identity`` is an admin of this node (a local admin token whose
+    scope covers the node)."""
+    if not identity.authenticated or identity.peer is not None:
+        raise Unauthorized("this needs an admin token of this node")
+    if identity.role != "admin" or not any(in_scope(node_id, s) for s in identity.scopes):
+        raise Forbidden(f"this needs role admin scoped to node {node_id}")
 
 
 def require_operator(identity: Identity, namespace: str) -> None:

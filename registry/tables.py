@@ -206,6 +206,26 @@ class CascadeState(SQLModel, table=True):
     value: int = Field(default=0, sa_type=sa.BigInteger)
 
 
+class ApiKey(SQLModel, table=True):
+    """An application credential: a random secret shown once, kept only as its hash."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=16)  # public part of the key: yk_<id>_...
+    secret_hash: str = Field(max_length=64)  # SHA-256 of the whole key
+    name: str = Field(max_length=200)  # what it is for, e.g. the application
+    subject: str = Field(max_length=500)  # who calls with it (usage records name it)
+    role: str = Field(max_length=16)
+    scopes: list[str] = Field(default_factory=list, sa_type=JSONType)
+    # namespace/name (or namespace/*) it may invoke; empty: whatever its role may
+    capabilities: list[str] = Field(default_factory=list, sa_type=JSONType)
+    created_by: str = Field(max_length=500)
+    created_at: datetime = _ts()
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 class Job(SQLModel, table=True):
     """An asynchronous invocation. Durable: a job queued or running when a node stops is
     run when a node (this or another sharing the store) picks it up again."""

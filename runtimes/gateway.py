@@ -29,6 +29,7 @@ from jsonschema import Draft202012Validator
 from yunnao.plugins.capability import Invocation
 from yunnao.plugins.errors import (
     FieldError,
+    Forbidden,
     Gone,
     NotFound,
     ValidationFailed,
@@ -176,6 +177,11 @@ class Gateway:
         )
         if not visible or (version.status == "draft" and not identity.writes(namespace)):
             raise NotFound(f"no capability {namespace}/{name_ref}")
+        if not identity.may_invoke(namespace, name):
+            raise Forbidden(
+                f"this API key may invoke only {', '.join(identity.capabilities or ())}, "
+                f"not {namespace}/{name}"
+            )
         if version.status == "retired":
             raise Gone(
                 f"{version.id} is retired; call a current version "

@@ -47,6 +47,7 @@ def identity_data(identity: Identity) -> dict[str, Any]:
         "scopes": list(identity.scopes),
         "issuer": identity.issuer,
         "peer": identity.peer,
+        "capabilities": list(identity.capabilities) if identity.capabilities is not None else None,
     }
 
 
@@ -57,6 +58,7 @@ def identity_from(data: dict[str, Any]) -> Identity:
         scopes=tuple(data.get("scopes") or ()),
         issuer=data.get("issuer"),
         peer=data.get("peer"),
+        capabilities=tuple(data["capabilities"]) if data.get("capabilities") is not None else None,
     )
 
 

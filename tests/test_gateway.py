@@ -310,3 +310,26 @@ def test_a_stuck_thread_does_not_exhaust_the_thread_pool(tmp_path: Path) -> None
         started = time.monotonic()
         assert node.invoke("greet", {"name": "g"}, timeout=5).status_code == 200
         assert time.monotonic() - started < 5
+
+
+def test_an_api_key_invokes_only_its_capabilities(gw: GatewayNode) -> None:
+    made = gw.client.post(
+        "/v1/keys",
+        json={"name": "dashboard", "capabilities": [f"{NAMESPACE}/greet"]},
+        headers=gw.auth("admin"),
+    )
+    assert made.status_code == 201, made.text
+    key = {"Authorization": f"Bearer {made.json()['key']}"}
+    ok = gw.invoke("greet", {"name": "韩梅梅"}, headers=key)
+    assert ok.status_code == 200, ok.text
+    body = assert_problem(gw.invoke("double", {"x": [1, 2]}, headers=key), 403)
+    assert f"{NAMESPACE}/greet" in body["detail"]
+    # Asynchronous calls keep the limit too.
+    job = gw.client.post(
+        f"{INVOKE}/double",
+        json={"input": {"x": [1, 2]}},
+        headers={**key, "Prefer": "respond-async"},
+    )
+    assert_problem(job, 403)
+    # The key's subject is the caller of record.
+    assert any(r.caller == "app:dashboard" and r.status == 200 for r in gw.usage())

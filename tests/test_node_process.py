@@ -186,3 +186,19 @@ def test_token_create_validates_its_input(tmp_path: Path) -> None:
         ).stdout
     )
     assert ok["expires_in_seconds"] == 7200 and ok["namespaces"] == ["local.x"]
+
+
+def test_api_keys_from_the_cli(served) -> None:
+    node, cwd = served
+    made = json.loads(
+        cli(
+            "key", "create", "dashboard", "--scope", NS, "--json",
+            "--url", node.url, "--node-id", "sd.qd", cwd=cwd,
+        ).stdout
+    )  # fmt: skip
+    key = {"Authorization": f"Bearer {made['key']}"}
+    assert httpx.get(f"{node.url}/v1/capabilities", headers=key).status_code == 200
+    listed = cli("key", "list", "--url", node.url, "--node-id", "sd.qd", cwd=cwd).stdout
+    assert made["id"] in listed and made["key"] not in listed
+    cli("key", "revoke", made["id"], "--url", node.url, "--node-id", "sd.qd", cwd=cwd)
+    assert httpx.get(f"{node.url}/v1/capabilities", headers=key).status_code == 401

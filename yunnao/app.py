@@ -27,7 +27,8 @@ from yunnao.cascade.peers import PeerKeys, PeerStore
 from yunnao.cascade.sync import Replicator
 from yunnao.plugins.errors import Unauthorized, Unavailable, YunnaoError
 from yunnao.plugins.loader import Plugins
-from yunnao.registry import api, db, migrate, openapi, tokens
+from yunnao.registry import api, db, keys_api, migrate, openapi, tokens
+from yunnao.registry.apikeys import ApiKeys, is_api_key
 from yunnao.registry.auth import AuthMiddleware
 from yunnao.registry.oidc import OidcConfig, OidcVerifier
 from yunnao.registry.problems import EXCEPTION_HANDLERS
@@ -178,7 +179,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     sso = single_sign_on(settings)
 
+    api_keys = ApiKeys(engine, settings.node_id)
+
     def verify(token: str) -> Any:
+        if is_api_key(token):
+            return api_keys.verify(token)
         issuer = assertions.issuer_of(token)
         if sso is not None and issuer == settings.oidc_issuer:
             return sso.verify(token)
@@ -235,7 +240,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # The invocation routes first: they take the most traffic, and routes match in order.
-    endpoints = gateway_api.ENDPOINTS + v2.ENDPOINTS + api.ENDPOINTS + cascade_api.ENDPOINTS
+    endpoints = (
+        gateway_api.ENDPOINTS
+        + v2.ENDPOINTS
+        + api.ENDPOINTS
+        + keys_api.ENDPOINTS
+        + cascade_api.ENDPOINTS
+    )
     spec = openapi.document(
         endpoints,
         title=f"Yunnao node {settings.node_id}",
@@ -332,5 +343,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         replicator=replicator,
     )
     app.state.settings = settings
+    app.state.api_keys = api_keys
     app.state.stopping = threading.Event()  # set when the server begins to shut down
     return app

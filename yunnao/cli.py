@@ -1004,6 +1004,8 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-from .cascade_cli import cascade  # noqa: E402  (the group uses the helpers above)
+from .cascade_cli import cascade  # noqa: E402  (the groups use the helpers above)
+from .keys_cli import key  # noqa: E402
 
 main.add_command(cascade)
+main.add_command(key)
