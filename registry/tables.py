@@ -226,6 +226,28 @@ class ApiKey(SQLModel, table=True):
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class AuditEvent(SQLModel, table=True):
+    """One audited request, chained to the one before by its hash (append-only)."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = {"sqlite_autoincrement": True}  # a sequence number is never reused
+
+    seq: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    actor: str | None = Field(default=None, index=True, max_length=500)  # None: anonymous
+    issuer: str | None = Field(default=None, max_length=500)
+    role: str | None = Field(default=None, max_length=16)
+    peer: str | None = Field(default=None, max_length=330)  # forwarded by a linked node
+    action: str = Field(index=True, max_length=100)  # operation id, e.g. publishVersion
+    method: str = Field(max_length=8)
+    path: str = Field(max_length=2000)
+    status: int
+    outcome: str = Field(max_length=16)  # ok | denied | refused | failed
+    request_id: str | None = Field(default=None, max_length=128)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
 class Job(SQLModel, table=True):
     """An asynchronous invocation. Durable: a job queued or running when a node stops is
     run when a node (this or another sharing the store) picks it up again."""

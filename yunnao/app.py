@@ -27,8 +27,9 @@ from yunnao.cascade.peers import PeerKeys, PeerStore
 from yunnao.cascade.sync import Replicator
 from yunnao.plugins.errors import Unauthorized, Unavailable, YunnaoError
 from yunnao.plugins.loader import Plugins
-from yunnao.registry import api, db, keys_api, migrate, openapi, tokens
+from yunnao.registry import api, audit_api, db, keys_api, migrate, openapi, tokens
 from yunnao.registry.apikeys import ApiKeys, is_api_key
+from yunnao.registry.audit import AuditLog, AuditMiddleware
 from yunnao.registry.auth import AuthMiddleware
 from yunnao.registry.oidc import OidcConfig, OidcVerifier
 from yunnao.registry.problems import EXCEPTION_HANDLERS
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     sso = single_sign_on(settings)
 
     api_keys = ApiKeys(engine, settings.node_id)
+    audit = AuditLog(engine)
 
     def verify(token: str) -> Any:
         if is_api_key(token):
@@ -245,6 +247,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         + v2.ENDPOINTS
         + api.ENDPOINTS
         + keys_api.ENDPOINTS
+        + audit_api.ENDPOINTS
         + cascade_api.ENDPOINTS
     )
     spec = openapi.document(
@@ -292,6 +295,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await anyio.to_thread.run_sync(store.warm)  # the first search should not pay for it
         async with anyio.create_task_group() as tg:
             tg.start_soon(usage.run)
+            tg.start_soon(audit.run)
             if settings.job_workers:
                 tg.start_soon(jobs.run)
             if settings.cascade_sync:
@@ -315,6 +319,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(
+                AuditMiddleware, log=audit, actions={e.handler: e.operation_id for e in endpoints}
+            ),
             Middleware(AuthMiddleware, verify=verify),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -344,5 +351,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.api_keys = api_keys
+    app.state.audit = audit
     app.state.stopping = threading.Event()  # set when the server begins to shut down
     return app

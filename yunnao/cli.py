@@ -1004,8 +1004,10 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
+from .audit_cli import audit  # noqa: E402
 from .cascade_cli import cascade  # noqa: E402  (the groups use the helpers above)
 from .keys_cli import key  # noqa: E402
 
 main.add_command(cascade)
 main.add_command(key)
+main.add_command(audit)
