@@ -333,3 +333,29 @@ def test_an_api_key_invokes_only_its_capabilities(gw: GatewayNode) -> None:
     assert_problem(job, 403)
     # The key's subject is the caller of record.
     assert any(r.caller == "app:dashboard" and r.status == 200 for r in gw.usage())
+
+
+def test_usage_statistics_per_day_by_capability_department_and_node(gw: GatewayNode) -> None:
+    for caller in ("stats-a", "stats-b", "stats-b"):
+        assert gw.invoke("greet", {"name": "x"}, headers=gw.auth(subject=caller)).status_code == 200
+    assert gw.invoke("greet", {"nom": "x"}, headers=gw.auth(subject="stats-a")).status_code == 422
+    gw.usage()  # flushes the buffered records
+    auditor = gw.auth("auditor", NODE_ID)
+    report = gw.client.get("/v1/usage", params={"by": "capability"}, headers=auditor).json()
+    greet = next(r for r in report["items"] if r["key"] == f"{NAMESPACE}/greet")
+    assert greet["calls"] >= 4 and greet["refused"] >= 1 and greet["ok"] >= 3
+    assert greet["callers"] >= 2 and 0 < greet["p50_ms"] <= greet["p99_ms"]
+    by_dept = gw.client.get("/v1/usage", params={"by": "department"}, headers=auditor).json()
+    assert NAMESPACE in {r["key"] for r in by_dept["items"]}
+    by_node = gw.client.get("/v1/usage", params={"by": "node"}, headers=auditor).json()
+    assert {r["key"] for r in by_node["items"]} == {NODE_ID}
+    # A token sees the namespaces it covers, no others; anonymous callers see nothing.
+    other = gw.auth("auditor", f"{NODE_ID}.water")
+    assert gw.client.get("/v1/usage", headers=other).json()["items"] == []
+    assert_problem(gw.client.get("/v1/usage"), 401)
+    assert_problem(
+        gw.client.get(
+            "/v1/usage", params={"since": "2026-12-01", "until": "2026-11-01"}, headers=auditor
+        ),
+        400,
+    )

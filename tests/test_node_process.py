@@ -202,3 +202,12 @@ def test_api_keys_from_the_cli(served) -> None:
     assert made["id"] in listed and made["key"] not in listed
     cli("key", "revoke", made["id"], "--url", node.url, "--node-id", "sd.qd", cwd=cwd)
     assert httpx.get(f"{node.url}/v1/capabilities", headers=key).status_code == 401
+
+
+def test_usage_report_from_the_cli(served) -> None:
+    node, cwd = served
+    out = cli("usage", "--by", "node", "--json", "--url", node.url, "--node-id", "sd.qd", cwd=cwd)
+    report = json.loads(out.stdout)
+    assert report["by"] == "node" and isinstance(report["items"], list)
+    table = cli("usage", "--url", node.url, "--node-id", "sd.qd", cwd=cwd).stdout
+    assert "usage" in table and "by capability" in table

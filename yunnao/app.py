@@ -39,7 +39,7 @@ from yunnao.registry.schemas import Health
 from yunnao.registry.store import RegistryStore
 from yunnao.runtimes import api as gateway_api
 from yunnao.runtimes import builtin as builtin_runtimes
-from yunnao.runtimes import v2
+from yunnao.runtimes import usage_api, v2
 from yunnao.runtimes.base import RuntimeContext
 from yunnao.runtimes.gateway import Gateway
 from yunnao.runtimes.jobs import Jobs
@@ -247,6 +247,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         + v2.ENDPOINTS
         + api.ENDPOINTS
         + keys_api.ENDPOINTS
+        + usage_api.ENDPOINTS
         + audit_api.ENDPOINTS
         + cascade_api.ENDPOINTS
     )
@@ -352,5 +353,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.api_keys = api_keys
     app.state.audit = audit
+    app.state.usage_engine = engine
     app.state.stopping = threading.Event()  # set when the server begins to shut down
     return app
