@@ -53,6 +53,7 @@ class OidcVerifier:
         self._jwks_url: str | None = config.jwks_url
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched = -1e9
+        self._failure: str | None = None  # why the last fetch failed
 
     def _key(self, kid: str | None) -> jwt.PyJWK:
         with self._lock:
@@ -63,21 +64,28 @@ class OidcVerifier:
             if kid is None and len(self._keys) == 1:
                 return next(iter(self._keys.values()))
             key = self._keys.get(kid or "")
+            failure = self._failure
+        if key is None and not self._keys and failure:
+            raise Unavailable(f"identity provider keys unreachable: {failure}")
         if key is None:
             raise Unauthorized(f"bearer token signed with key {kid!r}, which the provider lacks")
         return key
 
     def _fetch(self) -> None:
-        url = self._jwks_url = self._jwks_url or self._discover()
+        # A failed attempt counts as a fetch too, so a provider that is down is asked
+        # again only after ``refetch_seconds``, not on every request.
+        self._fetched = time.monotonic()
         try:
+            url = self._jwks_url = self._jwks_url or self._discover()
             document = httpx.get(url, timeout=5).raise_for_status().json()
             keys = jwt.PyJWKSet.from_dict(document).keys
-        except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
-            if not self._keys:
-                raise Unavailable(f"identity provider keys unreachable ({url}): {exc}") from None
-            return  # keep the keys we have; try again later
+        except (httpx.HTTPError, ValueError, jwt.PyJWKSetError, Unavailable) as exc:
+            self._failure = str(exc.detail if isinstance(exc, Unavailable) else exc)
+            if not self._keys:  # nothing to go on: try again after refetch_seconds
+                self._fetched -= self.config.cache_seconds - self.config.refetch_seconds
+            return  # keep the keys we have
         self._keys = {k.key_id: k for k in keys if k.key_id}
-        self._fetched = time.monotonic()
+        self._failure = None
 
     def _discover(self) -> str:
         where = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
