@@ -23,11 +23,10 @@ from yunnao.plugins.errors import (
     Unavailable,
     ValidationFailed,
 )
-from yunnao.registry.access import Identity
+from yunnao.registry.access import require_node_role
 from yunnao.registry.api import Endpoint
 from yunnao.registry.auth import identity_of
 from yunnao.registry.http import json_response, parse_query, read_model
-from yunnao.registry.names import in_scope
 
 from .apply import Applier
 from .compaction import compact
@@ -57,18 +56,10 @@ def _cascade(request: Request) -> Cascade:
     return request.app.state.cascade
 
 
-def _operator(request: Request, *, admin: bool = False) -> Identity:
+def _operator(request: Request, *, admin: bool = False) -> None:
     """A local token of this node's operators (admin for changes)."""
-    identity = identity_of(request)
-    cascade = _cascade(request)
-    if not identity.authenticated or identity.peer is not None:
-        raise Unauthorized("this is for linked nodes and this node's operators")
-    roles = {"admin"} if admin else OPERATOR_ROLES
-    if identity.role not in roles or not any(in_scope(cascade.node_id, s) for s in identity.scopes):
-        raise Forbidden(
-            f"needs a token of role {' or '.join(sorted(roles))} scoped to node {cascade.node_id}"
-        )
-    return identity
+    roles = frozenset({"admin"}) if admin else OPERATOR_ROLES
+    require_node_role(identity_of(request), _cascade(request).node_id, roles)
 
 
 def _linked(request: Request, relation: str | None = None) -> str:

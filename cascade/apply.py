@@ -24,10 +24,10 @@ from sqlmodel import Session
 from yunnao.plugins.errors import Conflict
 from yunnao.registry import replica
 from yunnao.registry.hashing import content_hash
-from yunnao.registry.tables import Change, Peer, Rejection, utcnow
+from yunnao.registry.tables import Peer, Rejection, utcnow
 
 from . import items as shapes
-from .feed import make_item, signed_part
+from .feed import append_signed, signed_part
 from .policy import refusal
 from .signing import verify
 
@@ -212,27 +212,15 @@ class Applier:
     def log_sweep(self, s: Session, namespace: str, name: str) -> None:
         """Log the deletion of a cascaded capability its peer no longer has, as a
         tombstone this node signs (nodes above accept it from an ancestor of the owner)."""
-        change = Change(
-            entity="capability",
-            key=f"{namespace}/{name}",
-            op="delete",
-            content_hash="",
-            origin_node=self.node_id,
-        )
-        s.add(change)
-        s.flush()
-        item = make_item(
+        append_signed(
+            s,
             self.key,
             origin=self.node_id,
-            origin_seq=change.seq,  # type: ignore[arg-type]
             entity="capability",
-            item_key=change.key,
+            item_key=f"{namespace}/{name}",
             op="delete",
             entry={"namespace": namespace, "name": name},
-            at=change.created_at.isoformat(),
         )
-        change.origin_seq, change.item, change.content_hash = change.seq, item, item["content_hash"]
-        s.add(change)
 
     def _check(
         self,

@@ -82,6 +82,36 @@ def make_item(
     return item
 
 
+def append_signed(
+    s: Session,
+    key: Ed25519PrivateKey,
+    *,
+    origin: str,
+    entity: str,
+    item_key: str,
+    op: str,
+    entry: dict[str, Any],
+) -> Change:
+    """Append a change whose item this node signs now and keeps (a node key it vouches
+    for, a tombstone of a resync's sweep): the feed passes it on as stored."""
+    change = Change(entity=entity, key=item_key, op=op, content_hash="", origin_node=origin)
+    s.add(change)
+    s.flush()  # the sequence number is part of the signed item
+    item = make_item(
+        key,
+        origin=origin,
+        origin_seq=change.seq,  # type: ignore[arg-type]
+        entity=entity,
+        item_key=item_key,
+        op=op,
+        entry=entry,
+        at=change.created_at.isoformat(),
+    )
+    change.origin_seq, change.item, change.content_hash = change.seq, item, item["content_hash"]
+    s.add(change)
+    return change
+
+
 def compacted_through(s: Session) -> int:
     state = s.get(CascadeState, COMPACTED_THROUGH)
     return state.value if state is not None else 0

@@ -21,9 +21,9 @@ from yunnao.plugins.errors import Conflict, FieldError, NotFound, ValidationFail
 from yunnao.registry.db import read_session, row_write
 from yunnao.registry.names import NODE_ID_RULE, is_node_id
 from yunnao.registry.store import RegistryStore
-from yunnao.registry.tables import Change, Node, Peer, Rejection, utcnow
+from yunnao.registry.tables import Node, Peer, Rejection, utcnow
 
-from .feed import make_item
+from .feed import append_signed
 from .policy import below
 
 _peer = Peer.__table__  # type: ignore[attr-defined]
@@ -101,14 +101,6 @@ class PeerStore:
         with read_session(self.engine) as s:
             return s.get(Peer, peer_id)
 
-    def parent(self) -> Peer | None:
-        with read_session(self.engine) as s:
-            return s.exec(select(Peer).where(Peer.relation == "parent")).first()
-
-    def keys(self) -> dict[str, str]:
-        """Public key (hex) of every linked peer, by node id."""
-        return {p.id: p.public_key for p in self.all()}
-
     def rejections(self, peer: str | None = None, limit: int = 50) -> list[Rejection]:
         with read_session(self.engine) as s:
             stmt = select(Rejection).order_by(sa.desc(Rejection.id)).limit(limit)  # type: ignore[arg-type]
@@ -159,34 +151,21 @@ class PeerStore:
             s.flush()
             if not logged:
                 # Vouch for the key: nodes that trust this one learn it in order.
-                change = Change(
-                    entity="node",
-                    key=peer_id,
-                    op="upsert",
-                    content_hash="",
-                    origin_node=self.node_id,
-                )
-                s.add(change)
-                s.flush()
                 entry = {
                     "id": peer_id,
                     "parent_id": node.parent_id,
                     "public_key": public_key,
                     "title": node.title,
                 }
-                item = make_item(
+                append_signed(
+                    s,
                     self.key,
                     origin=self.node_id,
-                    origin_seq=change.seq,  # type: ignore[arg-type]
                     entity="node",
                     item_key=peer_id,
                     op="upsert",
                     entry=entry,
-                    at=change.created_at.isoformat(),
                 )
-                change.origin_seq, change.item = change.seq, item
-                change.content_hash = item["content_hash"]
-                s.add(change)
         self.version += 1
         found = self.get(peer_id)
         assert found is not None

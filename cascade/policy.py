@@ -19,9 +19,6 @@ from typing import Any, Literal
 
 from yunnao.registry.names import in_scope
 
-# Entities a feed carries: node keys, namespaces, capabilities and their versions.
-ENTITIES = ("node", "namespace", "capability", "version")
-
 
 def in_subtree(node: str, root: str) -> bool:
     """``node`` is ``root`` or below it."""

@@ -322,8 +322,3 @@ class Replicator:
                 if peer is None or attempt == 2:
                     raise
         self.wake(peer_id)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None

@@ -106,13 +106,14 @@ def require_writer(identity: Identity, namespace: str | None) -> None:
         raise Forbidden(f"token is scoped to {scopes}; it may not write namespace {namespace!r}")
 
 
-def require_node_admin(identity: Identity, node_id: str) -> None:
-    """Raise unless ``identity`` is an admin of this node (a local admin token whose
-    scope covers the node)."""
+def require_node_role(identity: Identity, node_id: str, roles: frozenset[str]) -> None:
+    """Raise unless ``identity`` holds a token of this node itself (not a linked node's
+    assertion) with one of ``roles``, scoped to the whole node."""
+    wanted = " or ".join(sorted(roles))
     if not identity.authenticated or identity.peer is not None:
-        raise Unauthorized("this needs an admin token of this node")
-    if identity.role != "admin" or not any(in_scope(node_id, s) for s in identity.scopes):
-        raise Forbidden(f"this needs role admin scoped to node {node_id}")
+        raise Unauthorized(f"this needs a token of this node with role {wanted}")
+    if identity.role not in roles or not in_scopes(identity, node_id):
+        raise Forbidden(f"this needs role {wanted} scoped to node {node_id}")
 
 
 def require_operator(identity: Identity, namespace: str) -> None:

@@ -11,9 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from yunnao.plugins.errors import Forbidden, Unauthorized
-
-from .access import in_scopes
+from .access import require_node_role
 from .api import Endpoint
 from .audit import AuditLog
 from .auth import identity_of
@@ -24,12 +22,7 @@ AUDIT_ROLES = frozenset({"auditor", "admin"})
 
 
 def _audit(request: Request) -> AuditLog:
-    identity = identity_of(request)
-    node_id = request.app.state.settings.node_id
-    if not identity.authenticated or identity.peer is not None:
-        raise Unauthorized("the audit log is for this node's auditors")
-    if identity.role not in AUDIT_ROLES or not in_scopes(identity, node_id):
-        raise Forbidden(f"the audit log needs role auditor or admin scoped to node {node_id}")
+    require_node_role(identity_of(request), request.app.state.settings.node_id, AUDIT_ROLES)
     return request.app.state.audit
 
 

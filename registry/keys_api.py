@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import names
-from .access import require_node_admin
+from .access import require_node_role
 from .api import Endpoint
 from .apikeys import ApiKeys
 from .auth import identity_of
@@ -82,7 +82,7 @@ def _out(record: ApiKey) -> KeyOut:
 
 def _keys(request: Request) -> ApiKeys:
     keys: ApiKeys = request.app.state.api_keys
-    require_node_admin(identity_of(request), keys.node_id)
+    require_node_role(identity_of(request), keys.node_id, frozenset({"admin"}))
     return keys
 
 
