@@ -23,7 +23,7 @@ from yunnao.plugins.errors import (
     Unavailable,
     ValidationFailed,
 )
-from yunnao.registry.access import require_node_role
+from yunnao.registry.access import Action, require
 from yunnao.registry.api import Endpoint
 from yunnao.registry.auth import identity_of
 from yunnao.registry.http import json_response, parse_query, read_model
@@ -34,8 +34,6 @@ from .feed import Compacted, Feed
 from .peers import PeerStatus, PeerStore
 from .policy import Reader
 from .sync import Replicator
-
-OPERATOR_ROLES = frozenset({"admin", "operator"})
 
 
 @dataclass
@@ -58,8 +56,8 @@ def _cascade(request: Request) -> Cascade:
 
 def _operator(request: Request, *, admin: bool = False) -> None:
     """A local token of this node's operators (admin for changes)."""
-    roles = frozenset({"admin"}) if admin else OPERATOR_ROLES
-    require_node_role(identity_of(request), _cascade(request).node_id, roles)
+    action = Action.MANAGE_NODE if admin else Action.READ_NODE
+    require(identity_of(request), action, _cascade(request).node_id)
 
 
 def _linked(request: Request, relation: str | None = None) -> str:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from yunnao.plugins.errors import Unauthorized
 from yunnao.registry.access import ROLES, Identity
+from yunnao.registry.names import is_node_id
 from yunnao.registry.tokens import ALGORITHM, LEEWAY_SECONDS
 
 TTL = timedelta(minutes=5)
@@ -47,6 +48,10 @@ def issue(
         claims["sub"] = caller.subject
         claims["role"] = caller.role
         claims["origin_iss"] = caller.issuer
+        if caller.node is not None:
+            claims["node"] = caller.node
+        if caller.department is not None:
+            claims["dept"] = caller.department
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
@@ -83,10 +88,13 @@ def verify(public_key: Ed25519PublicKey, *, peer: str, node_id: str, token: str)
         raise Unauthorized(f"assertion from node {peer} names no valid purpose")
     if purpose == "cascade" or "sub" not in claims:
         return Identity(peer=peer, issuer=peer)
-    role = claims.get("role")
+    role, node, dept = claims.get("role"), claims.get("node"), claims.get("dept")
     return Identity(
         subject=str(claims["sub"]),
         role=role if role in ROLES else None,
         issuer=str(claims.get("origin_iss") or peer),
         peer=peer,
+        # Where the caller belongs, as the forwarding node vouches, for access rules.
+        node=node if isinstance(node, str) and is_node_id(node) else None,
+        department=dept if isinstance(dept, str) else None,
     )

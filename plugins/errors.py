@@ -127,6 +127,17 @@ class ValidationFailed(YunnaoError):
     status, slug, title = 422, "validation-failed", "Validation failed"
 
 
+class TooManyRequests(YunnaoError):
+    """A rate limit or quota is spent; ``retry_after`` seconds until the next call fits
+    (sent as ``Retry-After``)."""
+
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **kwargs: object) -> None:
+        super().__init__(detail, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
 class Unavailable(YunnaoError):
     """A dependency (database, runtime) is down; the caller may retry, after
     ``retry_after`` seconds when that is known (sent as ``Retry-After``)."""

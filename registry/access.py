@@ -1,33 +1,86 @@
-"""Who may see and change what: the access baseline.
+"""The policy module: may this identity do this action on this entry?
 
-- Anyone, signed in or not, may discover ``public`` capabilities.
-- A signed-in caller also sees ``internal`` ones, and ``restricted`` ones inside
-  the namespaces their token is scoped to.
-- Drafts and retired versions-only capabilities are seen only by those who may write
-  their namespace.
-- Writes need an ``admin`` or ``author`` token scoped to the namespace (a scope
-  covers itself and every namespace under it).
+Every decision about a caller is made here, by :func:`decide` (or :func:`require`, which
+raises its refusal): the catalog API, the gateway, the cascade's operator routes, the
+audit and key routes and the web UI all ask it. Search asks :func:`discoverable`, the
+same rule in a form it can evaluate once per combination of inputs and then look up
+for the whole catalog (:mod:`~yunnao.registry.facets`).
 
-The rules live once, in :func:`discoverable`: single reads call it for their row, and
-search evaluates it once per combination of (classification, status, in scope,
-writable) to mask the whole catalog at once (:mod:`~yunnao.registry.facets`). The
-richer policy (roles per node, per-capability ACLs, grants) comes with the identity issue.
+An identity holds one **role** scoped to nodes or namespaces (a scope covers itself and
+everything under it; ``sd.qd`` covers the node and all its departments), plus the node
+and department it belongs to. Roles, least to most:
+
+=========  ==============================================================
+consumer   discover and invoke
+auditor    discover; read the audit log (never invokes)
+author     consumer, plus publish and change entries of its scopes
+operator   consumer, plus rebind runtimes of its scopes; read node status
+admin      everything in its scopes: grants (access rules), node links,
+           API keys, audit log
+=========  ==============================================================
+
+Discovery combines the entry's **classification** with its own **access rules**
+(:class:`~yunnao.registry.schemas.Access`):
+
+- ``public``: anyone, anonymous callers included;
+- ``internal``: signed-in callers;
+- ``restricted``: only its namespace's staff and the subjects it names in ``grants``;
+
+then, for public and internal entries, the ``discover`` rule (nodes, departments,
+roles) must match. Invoking needs discovery, a role that invokes, and the ``invoke``
+rule. Staff scoped to the entry's namespace and granted subjects are never narrowed
+by rules. Drafts and entries whose versions are all retired are seen only by those
+who may write their namespace. What a caller may not discover is answered as absent
+(404), so probing reveals nothing.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
 
-from yunnao.plugins.errors import Forbidden, Unauthorized
+from yunnao.plugins.errors import Forbidden, NotFound, Unauthorized, YunnaoError
 
 from .names import in_scope
-from .tables import CapabilityRow
+from .schemas import Access, AccessRule
 
 ROLES: tuple[str, ...] = ("admin", "operator", "author", "consumer", "auditor")
-WRITER_ROLES = frozenset({"admin", "author"})
-# Who may rebind a version to another runtime: its authors, and the node's operators.
-OPERATOR_ROLES = frozenset({"admin", "operator", "author"})
 LISTED_STATUSES = ("published", "deprecated")
+
+
+class Action(StrEnum):
+    DISCOVER = "discover"
+    INVOKE = "invoke"
+    PUBLISH = "publish"
+    UPDATE = "update"
+    TRANSITION = "transition"
+    DELETE = "delete"
+    GRANT = "grant"  # change an entry's access rules
+    BIND = "bind"  # rebind a version to another runtime
+    READ_NODE = "read-node"  # cascade status, peers, rejections; metrics
+    MANAGE_NODE = "manage-node"  # link and unlink nodes, compact, API keys
+    AUDIT = "audit"  # read and verify the audit log
+
+
+# Which roles may take each action at all (scope and entry rules come on top).
+ROLE_ACTIONS: dict[Action, frozenset[str]] = {
+    Action.DISCOVER: frozenset(ROLES),
+    Action.INVOKE: frozenset({"admin", "operator", "author", "consumer"}),
+    Action.PUBLISH: frozenset({"admin", "author"}),
+    Action.UPDATE: frozenset({"admin", "author"}),
+    Action.TRANSITION: frozenset({"admin", "author"}),
+    Action.DELETE: frozenset({"admin", "author"}),
+    Action.GRANT: frozenset({"admin"}),
+    Action.BIND: frozenset({"admin", "operator", "author"}),
+    Action.READ_NODE: frozenset({"admin", "operator"}),
+    Action.MANAGE_NODE: frozenset({"admin"}),
+    Action.AUDIT: frozenset({"admin", "auditor"}),
+}
+NODE_ACTIONS = frozenset({Action.READ_NODE, Action.MANAGE_NODE, Action.AUDIT})
+WRITER_ROLES = ROLE_ACTIONS[Action.UPDATE]
 
 
 @dataclass(frozen=True)
@@ -44,85 +97,219 @@ class Identity:
     # An API key's limit: the capabilities (namespace/name, or namespace/*) it may
     # invoke; None: no limit beyond the role's.
     capabilities: tuple[str, ...] | None = None
-
-    def may_invoke(self, namespace: str, name: str) -> bool:
-        if self.capabilities is None:
-            return True
-        return f"{namespace}/{name}" in self.capabilities or f"{namespace}/*" in self.capabilities
+    # Where the caller belongs, for access rules: a node id, and a department
+    # (a namespace-shaped id such as sd.qd.traffic).
+    node: str | None = None
+    department: str | None = None
+    # This caller's own rate limit (an API key's), overriding the node's default.
+    rate_limit: str | None = None
 
     @property
     def authenticated(self) -> bool:
         return self.subject is not None
 
+    def in_scope(self, namespace: str) -> bool:
+        return any(in_scope(namespace, s) for s in self.scopes)
+
     def writes(self, namespace: str) -> bool:
-        return self.role in WRITER_ROLES and any(in_scope(namespace, s) for s in self.scopes)
+        return self.role in WRITER_ROLES and self.in_scope(namespace)
+
+    def may_invoke(self, namespace: str, name: str) -> bool:
+        """Within this API key's capability limit (always, for other credentials)."""
+        if self.capabilities is None:
+            return True
+        return f"{namespace}/{name}" in self.capabilities or f"{namespace}/*" in self.capabilities
 
 
 ANONYMOUS = Identity()
 
 
-def discoverable(
-    identity: Identity, *, classification: str, status: str, scoped: bool, writable: bool
-) -> bool:
-    """May ``identity`` discover a live capability with this classification and status?
-    ``scoped``: its namespace is inside one of the identity's scopes; ``writable``: the
-    identity may write that namespace (:meth:`Identity.writes`)."""
-    listed = status in LISTED_STATUSES
+@dataclass(frozen=True)
+class Entry:
+    """What a decision needs of its target: a capability (namespace, classification,
+    status, access rules), a namespace (for publish) or a node id (node actions)."""
+
+    namespace: str
+    classification: str = "public"
+    status: str = "published"
+    access: Access = field(default_factory=Access)
+    # This node's own entry, not one received from a linked node: scopes count only
+    # here (the staff of a cascaded entry's namespace are at its origin).
+    local: bool = True
+
+    @classmethod
+    def of(cls, row: Any) -> Entry:
+        """The entry of a capability row (anything with those attributes)."""
+        return cls(
+            row.namespace,
+            row.classification,
+            row.status,
+            access_rules(row.access),
+            local=row.via_node is None,
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    status: int = 200  # when refused: 401 (no credentials), 403, or 404 (hidden)
+    reason: str = ""
+
+    def raise_if_refused(self) -> None:
+        if self.allowed:
+            return
+        error: type[YunnaoError] = {401: Unauthorized, 404: NotFound}.get(self.status, Forbidden)
+        raise error(self.reason)
+
+
+ALLOW = Decision(True)
+
+
+@lru_cache(maxsize=4096)
+def _parsed(text: str) -> Access:
+    return Access.model_validate_json(text)
+
+
+def access_rules(value: Access | dict[str, Any] | None) -> Access:
+    """A stored ``access`` column (a dict) as :class:`Access`, parsed once per value."""
+    if isinstance(value, Access):
+        return value
+    if not value:
+        return _EMPTY
+    return _parsed(json.dumps(value, sort_keys=True))
+
+
+_EMPTY = Access()
+
+
+def matches(identity: Identity, rule: AccessRule) -> bool:
+    """Does ``identity`` match every list ``rule`` gives?"""
+    if not (rule.nodes or rule.departments or rule.roles):
+        return True
     if not identity.authenticated:
-        return classification == "public" and listed
-    if classification == "restricted" and not scoped:
         return False
-    return listed or writable
+    if rule.roles and identity.role not in rule.roles:
+        return False
+    if rule.nodes and not (identity.node and any(in_scope(identity.node, n) for n in rule.nodes)):
+        return False
+    dept = identity.department
+    return not rule.departments or bool(dept and any(in_scope(dept, d) for d in rule.departments))
 
 
-def in_scopes(identity: Identity, namespace: str) -> bool:
-    return any(in_scope(namespace, s) for s in identity.scopes)
+def discoverable(
+    identity: Identity,
+    *,
+    classification: str,
+    status: str,
+    scoped: bool,
+    writable: bool,
+    access: Access = _EMPTY,
+) -> bool:
+    """May ``identity`` discover a live capability with these properties? ``scoped``:
+    it is this node's own and its namespace is inside one of the identity's scopes;
+    ``writable``: scoped, and the identity may write that namespace
+    (:meth:`Identity.writes`)."""
+    if status not in LISTED_STATUSES:
+        return writable
+    if scoped:
+        return True
+    if identity.subject is not None and identity.subject in access.grants:
+        return True
+    if classification == "restricted":
+        return False
+    if classification != "public" and not identity.authenticated:
+        return False
+    return matches(identity, access.discover)
 
 
-def may_discover(identity: Identity, row: CapabilityRow) -> bool:
-    """:func:`discoverable` for one capability row (tombstones are never discoverable)."""
+def _need_credentials(identity: Identity, action: Action) -> Decision | None:
+    if identity.authenticated and identity.peer is None:
+        return None
+    # Linked nodes forward callers for discovery and calls only: scopes never cross nodes.
+    what = "a token of this node" if identity.peer is not None else "a bearer token"
+    return Decision(False, 401, f"{action.value} needs {what} (see `yunnao token create`)")
+
+
+def decide(identity: Identity, action: Action, entry: Entry) -> Decision:
+    """May ``identity`` take ``action`` on ``entry``? For :data:`NODE_ACTIONS` the
+    entry's ``namespace`` is the node id; for publish, the namespace published into."""
+    roles = ROLE_ACTIONS[action]
+    ns = entry.namespace
+    scoped = identity.in_scope(ns) and entry.local
+    if action in (Action.DISCOVER, Action.INVOKE):
+        seen = discoverable(
+            identity,
+            classification=entry.classification,
+            status=entry.status,
+            scoped=scoped,
+            writable=scoped and identity.writes(ns),
+            access=entry.access,
+        )
+        if not seen:
+            return Decision(False, 404, f"no capability in {ns} by that name")
+        if action is Action.DISCOVER:
+            return ALLOW
+        if identity.authenticated and identity.role not in roles:
+            return Decision(False, 403, f"role {identity.role} may not invoke capabilities")
+        privileged = scoped or (
+            identity.subject is not None and identity.subject in entry.access.grants
+        )
+        if not privileged and not matches(identity, entry.access.invoke):
+            who = _describe(identity)
+            return Decision(
+                False, 403, f"this capability's access rules do not let {who} invoke it"
+            )
+        return ALLOW
+    refused = _need_credentials(identity, action)
+    if refused is not None:
+        return refused
+    wanted = " or ".join(sorted(roles))
+    if identity.role not in roles:
+        return Decision(False, 403, f"role {identity.role} may not {action.value}; needs {wanted}")
+    if not scoped:
+        where = f"node {ns}" if action in NODE_ACTIONS else f"namespace {ns!r}"
+        scopes = ", ".join(identity.scopes) or "nothing"
+        return Decision(
+            False,
+            403,
+            f"token is scoped to {scopes}; {action.value} in {where} needs {wanted} scoped to it",
+        )
+    return ALLOW
+
+
+def require(identity: Identity, action: Action, entry: Entry | str) -> None:
+    """:func:`decide`, raising the refusal (401, 403 or 404) as a problem."""
+    if isinstance(entry, str):
+        entry = Entry(entry)
+    decide(identity, action, entry).raise_if_refused()
+
+
+def may_discover(identity: Identity, row: Any) -> bool:
+    """Discovery of one capability row (tombstones are never discoverable)."""
     if row.deleted_at is not None:
         return False
-    return discoverable(
-        identity,
-        classification=row.classification,
-        status=row.status,
-        scoped=in_scopes(identity, row.namespace),
-        writable=identity.writes(row.namespace),
-    )
+    return decide(identity, Action.DISCOVER, Entry.of(row)).allowed
 
 
-def require_writer(identity: Identity, namespace: str | None) -> None:
-    """Raise unless ``identity`` may write ``namespace`` (with None: some namespace)."""
+def _describe(identity: Identity) -> str:
     if not identity.authenticated:
-        raise Unauthorized("this operation needs a bearer token (see `yunnao token create`)")
-    if identity.role not in WRITER_ROLES:
-        raise Forbidden(
-            f"role {identity.role!r} may not change the registry; "
-            f"writes need one of: {', '.join(sorted(WRITER_ROLES))}"
+        return "anonymous callers"
+    parts = [f"role {identity.role}"]
+    if identity.node:
+        parts.append(f"of node {identity.node}")
+    if identity.department:
+        parts.append(f"department {identity.department}")
+    return " ".join(parts)
+
+
+def require_role(identity: Identity, action: Action) -> None:
+    """Raise unless ``identity`` holds a role that may take ``action`` somewhere (for
+    routes that learn the namespace only later, and must not answer strangers first)."""
+    refused = _need_credentials(identity, action)
+    if refused is None and identity.role not in ROLE_ACTIONS[action]:
+        wanted = " or ".join(sorted(ROLE_ACTIONS[action]))
+        refused = Decision(
+            False, 403, f"role {identity.role} may not {action.value}; needs {wanted}"
         )
-    if namespace is not None and not identity.writes(namespace):
-        scopes = ", ".join(identity.scopes) or "none"
-        raise Forbidden(f"token is scoped to {scopes}; it may not write namespace {namespace!r}")
-
-
-def require_node_role(identity: Identity, node_id: str, roles: frozenset[str]) -> None:
-    """Raise unless ``identity`` holds a token of this node itself (not a linked node's
-    assertion) with one of ``roles``, scoped to the whole node."""
-    wanted = " or ".join(sorted(roles))
-    if not identity.authenticated or identity.peer is not None:
-        raise Unauthorized(f"this needs a token of this node with role {wanted}")
-    if identity.role not in roles or not in_scopes(identity, node_id):
-        raise Forbidden(f"this needs role {wanted} scoped to node {node_id}")
-
-
-def require_operator(identity: Identity, namespace: str) -> None:
-    """Raise unless ``identity`` may operate (e.g. rebind runtimes in) ``namespace``."""
-    if not identity.authenticated:
-        raise Unauthorized("this operation needs a bearer token (see `yunnao token create`)")
-    if identity.role not in OPERATOR_ROLES or not in_scopes(identity, namespace):
-        raise Forbidden(
-            f"role {identity.role!r} scoped to {', '.join(identity.scopes) or 'nothing'} may "
-            f"not operate namespace {namespace!r}; needs one of "
-            f"{', '.join(sorted(OPERATOR_ROLES))} scoped to it"
-        )
+    if refused is not None:
+        refused.raise_if_refused()

@@ -20,7 +20,7 @@ from yunnao.plugins.capability import Capability
 from yunnao.plugins.errors import FieldError, NotFound, Unavailable, ValidationFailed
 
 from . import names, schemas, search
-from .access import require_writer
+from .access import Action, require, require_role
 from .auth import identity_of
 from .http import json_response, not_modified, parse_query, read_model
 from .publishing import Publisher
@@ -182,9 +182,12 @@ def _check_new_address(namespace: str, name: str) -> None:
 async def publish_version(request: Request) -> Response:
     namespace, name = _path(request)
     _check_new_address(namespace, name)
-    require_writer(identity_of(request), namespace)
+    identity = identity_of(request)
+    require(identity, Action.PUBLISH, namespace)
     catalog = _catalog(request)
     spec = await read_model(request, schemas.PublishRequest, catalog.max_body_bytes)
+    if "access" in spec.model_fields_set:
+        require(identity, Action.GRANT, namespace)
     version = await _run(catalog.store.publish, namespace, name, spec)
     location = f"/v1/capabilities/{namespace}/{name}/versions/{version.version}"
     return json_response(version, status=201, Location=location)
@@ -194,7 +197,7 @@ async def publish_plugin(request: Request) -> Response:
     catalog = _catalog(request)
     identity = identity_of(request)
     # Writers only, before anything else: the answer lists the node's loaded plugins.
-    require_writer(identity, namespace=None)
+    require_role(identity, Action.PUBLISH)
     body = await read_model(request, schemas.PluginPublishRequest, catalog.max_body_bytes)
     if catalog.publisher is None:
         raise Unavailable("this node has no model store configured for publishing")
@@ -212,7 +215,7 @@ async def publish_plugin(request: Request) -> Response:
             errors=[FieldError("namespace", "required for this plugin")],
         )
     _check_new_address(namespace, cap.name)
-    require_writer(identity, namespace)
+    require(identity, Action.PUBLISH, namespace)
     published = await _run(
         catalog.publisher.publish,
         cap,
@@ -227,9 +230,12 @@ async def publish_plugin(request: Request) -> Response:
 
 async def update_capability(request: Request) -> Response:
     namespace, name = _path(request)
-    require_writer(identity_of(request), namespace)
+    identity = identity_of(request)
+    require(identity, Action.UPDATE, namespace)
     catalog = _catalog(request)
     patch = await read_model(request, schemas.MetaPatch, catalog.max_body_bytes)
+    if "access" in patch.model_fields_set:
+        require(identity, Action.GRANT, namespace)
     cap, etag = await _run(
         catalog.store.update_metadata,
         namespace,
@@ -242,7 +248,7 @@ async def update_capability(request: Request) -> Response:
 
 async def transition_version(request: Request) -> Response:
     namespace, name = _path(request)
-    require_writer(identity_of(request), namespace)
+    require(identity_of(request), Action.TRANSITION, namespace)
     catalog = _catalog(request)
     body = await read_model(request, schemas.TransitionRequest, catalog.max_body_bytes)
     version, etag = await _run(
@@ -258,7 +264,7 @@ async def transition_version(request: Request) -> Response:
 
 async def delete_capability(request: Request) -> Response:
     namespace, name = _path(request)
-    require_writer(identity_of(request), namespace)
+    require(identity_of(request), Action.DELETE, namespace)
     await _run(
         _catalog(request).store.delete, namespace, name, if_match=request.headers.get("if-match")
     )

@@ -65,6 +65,7 @@ class ApiKeys:
         capabilities: list[str],
         created_by: str,
         expires_at: datetime | None,
+        rate_limit: str | None = None,
     ) -> NewKey:
         key_id = secrets.token_hex(6)
         text = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
@@ -76,6 +77,7 @@ class ApiKeys:
             role=role,
             scopes=scopes,
             capabilities=capabilities,
+            rate_limit=rate_limit,
             created_by=created_by,
             expires_at=expires_at,
         )
@@ -127,6 +129,8 @@ class ApiKeys:
             scopes=tuple(record.scopes),
             issuer=self.node_id,
             capabilities=tuple(record.capabilities) or None,
+            node=self.node_id,
+            rate_limit=record.rate_limit,
         )
 
     def _record(self, key_id: str) -> ApiKey | None:

@@ -11,18 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .access import require_node_role
+from .access import Action, require
 from .api import Endpoint
 from .audit import AuditLog
 from .auth import identity_of
 from .http import json_response, parse_query
 from .tables import AuditEvent
 
-AUDIT_ROLES = frozenset({"auditor", "admin"})
-
 
 def _audit(request: Request) -> AuditLog:
-    require_node_role(identity_of(request), request.app.state.settings.node_id, AUDIT_ROLES)
+    require(identity_of(request), Action.AUDIT, request.app.state.settings.node_id)
     return request.app.state.audit
 
 

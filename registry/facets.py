@@ -18,6 +18,7 @@ enough for correctness under any isolation level.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import col
 
-from .access import Identity, discoverable, in_scopes
+from .access import Identity, access_rules, discoverable
+from .names import namespace_node
 from .tables import CapabilityRow, Change
 
 # Facet name -> capability column holding its value ("tag" is multi-valued, kept apart).
@@ -57,6 +59,7 @@ _COLUMNS = (
     CapabilityRow.tags,
     CapabilityRow.updated_at,
     CapabilityRow.deleted_at,
+    CapabilityRow.access,
     *(getattr(CapabilityRow, c) for c in SCALAR_FACETS.values()),
 )
 
@@ -108,6 +111,7 @@ class Snapshot:
     ids: np.ndarray  # int64 capability id per position
     live: np.ndarray  # bool: a live capability (not a tombstone)
     codes: dict[str, np.ndarray]  # facet -> int32 code per position
+    rules: np.ndarray  # int32 code of each position's access rules (FacetIndex.rules)
     updated: np.ndarray  # int64 microseconds since the epoch
     tag_doc: np.ndarray  # int32 position of each (capability, tag) pair
     tag_code: np.ndarray  # int32 tag code of each pair
@@ -144,8 +148,10 @@ def _micros(value: Any) -> int:
 class FacetIndex:
     """The facet index of one store (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id  # namespaces of other nodes are never in a caller's scope here
         self.vocab: dict[str, Vocab] = {f: Vocab() for f in FACETS}
+        self.rules = Vocab()  # distinct access rules, as canonical JSON
         self._snapshot: Snapshot | None = None
         self._positions: dict[str, int] = {}  # "namespace/name" -> position
         self._names: list[tuple[str, str]] = []
@@ -204,6 +210,7 @@ class FacetIndex:
         self._positions, self._names = {}, []
         ids: list[int] = []
         updated: list[int] = []
+        rules: list[int] = []
         codes: dict[str, list[int]] = {f: [] for f in SCALAR_FACETS}
         tag_doc: list[int] = []
         tag_code: list[int] = []
@@ -214,6 +221,7 @@ class FacetIndex:
             self._names.append((r.name, r.namespace))
             ids.append(r.id)
             updated.append(_micros(r.updated_at))
+            rules.append(self._rules_code(r.access))
             for facet, column in SCALAR_FACETS.items():
                 codes[facet].append(self.vocab[facet].code(getattr(r, column)))
             for tag in r.tags:
@@ -224,12 +232,16 @@ class FacetIndex:
             ids=np.asarray(ids, dtype=np.int64),
             live=np.ones(len(ids), dtype=bool),
             codes={f: np.asarray(v, dtype=np.int32) for f, v in codes.items()},
+            rules=np.asarray(rules, dtype=np.int32),
             updated=np.asarray(updated, dtype=np.int64),
             tag_doc=np.asarray(tag_doc, dtype=np.int32),
             tag_code=np.asarray(tag_code, dtype=np.int32),
             sizes={f: len(v.values) for f, v in self.vocab.items()},
             names=self._names,
         )
+
+    def _rules_code(self, access: dict[str, Any] | None) -> int:
+        return self.rules.code(json.dumps(access or {}, sort_keys=True))
 
     def _apply(
         self, conn: sa.Connection, snap: Snapshot, keys: Sequence[str], head: int
@@ -260,6 +272,7 @@ class FacetIndex:
         ids = np.resize(snap.ids, n)
         live = np.resize(snap.live, n)
         updated = np.resize(snap.updated, n)
+        rules = np.resize(snap.rules, n)
         codes = {f: np.resize(a, n) for f, a in snap.codes.items()}
         for k in appended:
             self._positions[k] = len(self._names)
@@ -281,6 +294,7 @@ class FacetIndex:
             live[pos] = True
             ids[pos] = r.id
             updated[pos] = _micros(r.updated_at)
+            rules[pos] = self._rules_code(r.access)
             for facet, column in SCALAR_FACETS.items():
                 codes[facet][pos] = self.vocab[facet].code(getattr(r, column))
             for tag in r.tags:
@@ -292,6 +306,7 @@ class FacetIndex:
             ids=ids,
             live=live,
             codes=codes,
+            rules=rules,
             updated=updated,
             tag_doc=np.concatenate([snap.tag_doc[keep], np.asarray(new_doc, dtype=np.int32)]),
             tag_code=np.concatenate([snap.tag_code[keep], np.asarray(new_code, dtype=np.int32)]),
@@ -354,8 +369,9 @@ class FacetIndex:
 
     def _visible(self, snap: Snapshot, identity: Identity) -> np.ndarray:
         """:func:`~yunnao.registry.access.discoverable` over every position: evaluated
-        once per (classification, status, scoped, writable) combination, then looked up.
-        Kept per snapshot for the callers seen recently (the snapshot never changes)."""
+        once per (classification, status, scoped, writable, access rules) combination,
+        then looked up. Kept per snapshot for the callers seen recently (the snapshot
+        never changes)."""
         mask = snap.visible.get(identity)
         if mask is None:
             if len(snap.visible) >= _VISIBLE_CACHE:
@@ -368,20 +384,34 @@ class FacetIndex:
         scoped = np.zeros(len(ns_values) + 1, dtype=np.int64)
         writable = np.zeros(len(ns_values) + 1, dtype=np.int64)
         if identity.authenticated:
-            scoped[:-1] = [in_scopes(identity, ns) for ns in ns_values]
-            writable[:-1] = [identity.writes(ns) for ns in ns_values]
+            for i, ns in enumerate(ns_values):
+                if namespace_node(ns) == self.node_id:
+                    scoped[i], writable[i] = identity.in_scope(ns), identity.writes(ns)
         classes = self.vocab["classification"].values[: snap.sizes["classification"]]
         statuses = self.vocab["status"].values[: snap.sizes["status"]]
-        lut = np.zeros((len(classes) + 1, len(statuses) + 1, 2, 2), dtype=bool)
+        # Codes of rules seen by this snapshot: those appended later are not in it.
+        rule_sets = [
+            access_rules(json.loads(text))
+            for text in self.rules.values[: int(snap.rules.max(initial=-1)) + 1]
+        ]
+        lut = np.zeros((len(classes) + 1, len(statuses) + 1, 2, 2, len(rule_sets)), dtype=bool)
         for i, c in enumerate(classes):
             for j, s in enumerate(statuses):
                 for a in (0, 1):
                     for b in (0, 1):
-                        lut[i, j, a, b] = discoverable(
-                            identity, classification=c, status=s, scoped=bool(a), writable=bool(b)
-                        )
+                        for k, rules in enumerate(rule_sets):
+                            lut[i, j, a, b, k] = discoverable(
+                                identity,
+                                classification=c,
+                                status=s,
+                                scoped=bool(a),
+                                writable=bool(b),
+                                access=rules,
+                            )
         ns = snap.codes["namespace"]
-        return lut[snap.codes["classification"], snap.codes["status"], scoped[ns], writable[ns]]
+        return lut[
+            snap.codes["classification"], snap.codes["status"], scoped[ns], writable[ns], snap.rules
+        ]
 
     def _mask(self, snap: Snapshot, facet: str, values: Sequence[str]) -> np.ndarray:
         vocab = self.vocab[facet]

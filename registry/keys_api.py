@@ -10,8 +10,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import names
-from .access import require_node_role
+from . import names, schemas
+from .access import Action, require
 from .api import Endpoint
 from .apikeys import ApiKeys
 from .auth import identity_of
@@ -49,6 +49,9 @@ class KeyRequest(BaseModel):
         max_length=200,
         description="namespace/name or namespace/* it may invoke (default: any it may see)",
     )
+    rate_limit: schemas.RateLimit | None = Field(
+        None, description='its own rate limit, e.g. "100/min" (default: the node\'s per-caller one)'
+    )
     expires_in_days: Annotated[
         float | None, Field(gt=0, le=3650, description="lifetime; null: until revoked")
     ] = 90
@@ -61,6 +64,7 @@ class KeyOut(BaseModel):
     role: str
     scopes: list[str]
     capabilities: list[str]
+    rate_limit: str | None
     created_by: str
     created_at: datetime
     expires_at: datetime | None
@@ -82,7 +86,7 @@ def _out(record: ApiKey) -> KeyOut:
 
 def _keys(request: Request) -> ApiKeys:
     keys: ApiKeys = request.app.state.api_keys
-    require_node_role(identity_of(request), keys.node_id, frozenset({"admin"}))
+    require(identity_of(request), Action.MANAGE_NODE, keys.node_id)
     return keys
 
 
@@ -98,6 +102,7 @@ async def create_key(request: Request) -> Response:
             role=body.role,
             scopes=body.scopes,
             capabilities=body.capabilities,
+            rate_limit=body.rate_limit,
             created_by=creator,
             expires_at=expires,
         )

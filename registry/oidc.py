@@ -140,7 +140,17 @@ class OidcVerifier:
         node = claims.get(cfg.node_claim)
         department = claims.get(cfg.department_claim)
         scopes: tuple[str, ...] = ()
+        home = dept = None
         if isinstance(node, str) and is_node_id(node):
+            home = node
             scope = f"{node}.{department}" if isinstance(department, str) and department else node
             scopes = (scope,) if is_node_id(scope) else (node,)
-        return Identity(subject=str(claims["sub"]), role=role, scopes=scopes, issuer=cfg.issuer)
+            dept = scope if scope != node and is_node_id(scope) else None
+        return Identity(
+            subject=str(claims["sub"]),
+            role=role,
+            scopes=scopes,
+            issuer=cfg.issuer,
+            node=home,
+            department=dept,
+        )

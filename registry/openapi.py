@@ -28,6 +28,7 @@ _STATUS_TEXT = {
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Validation failed",
+    429: "Too many requests (see Retry-After)",
     500: "Capability failed (with an error id)",
     502: "Model store error",
     503: "Unavailable",

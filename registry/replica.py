@@ -28,6 +28,13 @@ from .tables import (
 )
 
 META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
+
+
+def _meta(entry: dict[str, Any]) -> dict[str, Any]:
+    # Entries signed before capabilities had access rules carry none.
+    return {f: entry.get(f, {}) if f == "access" else entry[f] for f in META_FIELDS}
+
+
 VERSION_FIELDS = tuple(schemas.VersionSpec.model_fields)
 
 _cap = CapabilityRow.__table__  # type: ignore[attr-defined]
@@ -153,7 +160,7 @@ def put_capabilities(s: Session, items: list[tuple[dict[str, Any], datetime]], *
     found = _capability_ids(s, [(e["namespace"], e["name"]) for e, _ in items])
     inserts, updates, indexed = [], [], []
     for entry, at in items:
-        meta = {f: entry[f] for f in META_FIELDS}
+        meta = _meta(entry)
         values = {
             **meta,
             "origin_node": entry["origin_node"],
@@ -209,7 +216,7 @@ def put_capabilities(s: Session, items: list[tuple[dict[str, Any], datetime]], *
     for entry, _ in items:
         cid = found[(entry["namespace"], entry["name"])][0]
         ids.append(cid)
-        meta = {f: entry[f] for f in META_FIELDS}
+        meta = _meta(entry)
         indexed.append(search.Document(cid, entry["name"], **{f: meta[f] for f in search.TEXT}))
     for chunk in _chunks(ids):
         s.execute(_tag.delete().where(_tag.c.capability_id.in_(chunk)))

@@ -73,6 +73,63 @@ class Example(Strict):
     output: Any = None
 
 
+def _node_ref(value: str) -> str:
+    if not names.is_node_id(value):
+        raise ValueError(f"invalid node id {value!r}: {names.NODE_ID_RULE}")
+    return value
+
+
+def _department(value: str) -> str:
+    if not names.is_namespace(value):
+        raise ValueError(f"invalid department {value!r}: {names.NAMESPACE_RULE}")
+    return value
+
+
+def _rate_limit(value: str) -> str:
+    from .limits import Limit
+
+    Limit.parse(value)
+    return value
+
+
+NodeRef = Annotated[str, AfterValidator(_node_ref)]
+Department = Annotated[str, AfterValidator(_department)]
+Subject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Role = Literal["admin", "operator", "author", "consumer", "auditor"]
+RateLimit = Annotated[str, StringConstraints(max_length=64), AfterValidator(_rate_limit)]
+
+
+class AccessRule(Strict):
+    """Who may: a caller matches when it matches every list given (OR within a list);
+    an empty list does not narrow. An anonymous caller matches only the empty rule."""
+
+    nodes: Annotated[list[NodeRef], Field(max_length=64)] = Field(
+        default_factory=list, description="callers of these nodes or of nodes below them"
+    )
+    departments: Annotated[list[Department], Field(max_length=64)] = Field(
+        default_factory=list, description="callers of these departments (e.g. sd.qd.traffic)"
+    )
+    roles: Annotated[list[Role], Field(max_length=5)] = Field(default_factory=list)
+
+
+class Access(Strict):
+    """A capability's own access rules, narrowing what its classification allows.
+    Staff scoped to its namespace and the subjects in ``grants`` are never narrowed."""
+
+    discover: AccessRule = Field(default_factory=AccessRule, description="who may find it")
+    invoke: AccessRule = Field(
+        default_factory=AccessRule, description="who, of those who may find it, may call it"
+    )
+    grants: Annotated[list[Subject], Field(max_length=256)] = Field(
+        default_factory=list,
+        description="subjects named to discover and invoke it; for a restricted capability "
+        "the only callers outside its namespace",
+    )
+    rate_limit: RateLimit | None = Field(
+        None, description='calls of this capability, all callers together: "100/s", "5000/day"'
+    )
+
+
 class CapabilityMeta(Strict):
     """Descriptive metadata of a capability (shared by all its versions)."""
 
@@ -87,8 +144,11 @@ class CapabilityMeta(Strict):
         default_factory=list
     )
     classification: Classification = Field(
-        "internal", description="public: anyone; internal: signed-in staff; restricted: owners"
+        "internal",
+        description="public: anyone; internal: signed-in staff; restricted: its namespace's "
+        "staff and named grants",
     )
+    access: Access = Field(default_factory=Access)
     owner: Text = ""
     contact: Text = ""
     license: Text = ""
@@ -107,6 +167,7 @@ class MetaPatch(Strict):
     domain: Domain | None = None
     tags: Annotated[list[Tag], Field(max_length=32), AfterValidator(_unique_tags)] | None = None
     classification: Classification | None = None
+    access: Access | None = None
     owner: Text | None = None
     contact: Text | None = None
     license: Text | None = None
@@ -181,6 +242,7 @@ class CapabilitySummary(BaseModel):
 
 class Capability(CapabilitySummary):
     description: str
+    access: Access
     owner: str
     contact: str
     license: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 from yunnao.plugins.errors import Conflict, FieldError, Forbidden, NotFound, PreconditionFailed
 
 from . import lifecycle, names, schemas, search
-from .access import Identity, may_discover
+from .access import Identity, access_rules, may_discover
 from .db import read_session, write_session
 from .facets import FacetIndex
 from .hashing import content_hash
@@ -35,6 +35,12 @@ from .tables import (
 
 _META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
 _VERSION_FIELDS = tuple(schemas.VersionSpec.model_fields)
+
+
+def compact_access(access: schemas.Access) -> dict[str, Any]:
+    """An entry's access rules as stored: only what differs from no rules, so equal
+    rules are equal JSON (search groups entries by them)."""
+    return access.model_dump(mode="json", exclude_defaults=True)
 
 
 def capability_etag(row: CapabilityRow) -> str:
@@ -77,6 +83,7 @@ class Resolution:
     classification: str
     capability_status: str
     version: schemas.Version
+    access: dict[str, Any] = field(default_factory=dict)
     origin_node: str = ""
     via_node: str | None = None  # a cascaded entry: the linked node it came through
 
@@ -87,7 +94,7 @@ class RegistryStore:
     def __init__(self, engine: sa.Engine, node_id: str) -> None:
         self.engine = engine
         self.node_id = node_id
-        self.facet_index = FacetIndex()
+        self.facet_index = FacetIndex(node_id)
         # Bumped after every write through this store, so caches in this process (the
         # gateway's resolution cache) see the node's own writes at once.
         self.generation = 0
@@ -176,10 +183,17 @@ class RegistryStore:
             return Resolution(
                 classification=row.classification,
                 capability_status=row.status,
+                access=row.access or {},
                 version=self._version_out(row, vrow),
                 origin_node=row.origin_node,
                 via_node=row.via_node,
             )
+
+    def discoverable(self, identity: Identity, namespace: str, name: str) -> bool:
+        """Does ``namespace/name`` exist for ``identity``?"""
+        with read_session(self.engine) as s:
+            row = self._find(s, namespace, name)
+            return row is not None and may_discover(identity, row)
 
     def version_of_model(self, namespace: str, name: str, model_uri: str) -> str | None:
         """The version number whose MLflow model is ``model_uri`` (for MLflow aliases)."""
@@ -241,6 +255,10 @@ class RegistryStore:
             row = self._owned(s, namespace, name)
             _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
             changes = patch.model_dump(exclude_unset=True)
+            if patch.access is not None:
+                changes["access"] = compact_access(patch.access)
+            elif "access" in changes:
+                changes["access"] = {}
             reclassified = changes.get("classification", row.classification) != row.classification
             for key, value in changes.items():
                 setattr(row, key, value)
@@ -343,6 +361,9 @@ class RegistryStore:
         ).first()
         now = utcnow()
         meta = spec.model_dump(include=set(_META_FIELDS))
+        meta["access"] = compact_access(spec.access)
+        if row is not None and "access" not in spec.model_fields_set:
+            del meta["access"]  # a version published without rules keeps the admin's
         if row is None:
             row = CapabilityRow(
                 namespace=namespace,
@@ -506,6 +527,7 @@ class RegistryStore:
         return schemas.Capability(
             **self._summary_fields(row),
             description=row.description,
+            access=access_rules(row.access),
             owner=row.owner,
             contact=row.contact,
             license=row.license,

@@ -81,6 +81,8 @@ class CapabilityRow(SQLModel, table=True):
     domain: str = Field(index=True, max_length=16)
     tags: list[str] = Field(default_factory=list, sa_type=JSONType)
     classification: str = Field(index=True, max_length=16)
+    # The capability's own access rules (schemas.Access, defaults left out); {}: none.
+    access: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     owner: str = Field(default="", max_length=500)
     contact: str = Field(default="", max_length=500)
     license: str = Field(default="", max_length=500)
@@ -219,11 +221,24 @@ class ApiKey(SQLModel, table=True):
     scopes: list[str] = Field(default_factory=list, sa_type=JSONType)
     # namespace/name (or namespace/*) it may invoke; empty: whatever its role may
     capabilities: list[str] = Field(default_factory=list, sa_type=JSONType)
+    # The key's own rate limit ("100/min"), overriding the node's per-caller default.
+    rate_limit: str | None = Field(default=None, max_length=64)
     created_by: str = Field(max_length=500)
     created_at: datetime = _ts()
     expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RateBucket(SQLModel, table=True):
+    """A token bucket of the rate limiter (runtimes.ratelimit) when the store is
+    PostgreSQL, so every gateway process sharing it shares the limits."""
+
+    __tablename__ = "rate_bucket"
+
+    key: str = Field(primary_key=True, max_length=400)
+    tokens: float
+    stamp: float  # seconds since the epoch, by the database's clock
 
 
 class AuditEvent(SQLModel, table=True):

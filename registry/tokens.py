@@ -2,7 +2,8 @@
 
 Each node holds an Ed25519 private key (created on first start, mode 0600). A token is
 a JWT signed with it (``alg=EdDSA``): ``iss`` is the node id, ``sub`` the holder,
-``role`` one of :data:`~yunnao.registry.access.ROLES` and ``ns`` the namespace scopes.
+``role`` one of :data:`~yunnao.registry.access.ROLES`, ``ns`` the namespace scopes and
+``dept`` (optional) the holder's department, for capabilities' access rules.
 The same key will sign cascaded entries.
 """
 
@@ -60,6 +61,7 @@ def issue(
     role: str,
     scopes: list[str],
     ttl: timedelta,
+    department: str | None = None,
 ) -> str:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; one of: {', '.join(ROLES)}")
@@ -74,6 +76,8 @@ def issue(
         "exp": now + ttl,
         "jti": uuid.uuid4().hex,
     }
+    if department is not None:
+        claims["dept"] = department
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
@@ -100,6 +104,12 @@ def verify(public_key: Ed25519PublicKey, node_id: str, token: str) -> Identity:
     role, scopes = claims.get("role"), claims.get("ns", [])
     if role not in ROLES or not isinstance(scopes, list):
         raise Unauthorized("bearer token carries no valid role or namespace scopes")
+    dept = claims.get("dept")
     return Identity(
-        subject=str(claims["sub"]), role=role, scopes=tuple(map(str, scopes)), issuer=node_id
+        subject=str(claims["sub"]),
+        role=role,
+        scopes=tuple(map(str, scopes)),
+        issuer=node_id,
+        node=node_id,
+        department=dept if isinstance(dept, str) else None,
     )

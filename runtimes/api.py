@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from yunnao.plugins.errors import FieldError, ValidationFailed
 from yunnao.registry import schemas
-from yunnao.registry.access import require_operator
+from yunnao.registry.access import Action, require
 from yunnao.registry.api import Endpoint
 from yunnao.registry.auth import identity_of
 from yunnao.registry.http import json_response, read_model
@@ -95,6 +95,7 @@ async def invoke(request: Request) -> Response:
             errors=[FieldError("timeout", f"at most {invoker.max_timeout:g}")],
         )
     call = await gateway.resolve(identity, namespace, name_ref)
+    await gateway.admit(identity, call, request.client.host if request.client else None)
     request_id = request.state.request_id
     headers = {"Deprecation": "true"} if call.deprecated else {}
     if _wants_async(request):
@@ -140,7 +141,7 @@ async def set_runtime(request: Request) -> Response:
     invoker = _invoker(request)
     namespace, name = request.path_params["namespace"], request.path_params["name"]
     version = request.path_params["version"]
-    require_operator(identity_of(request), namespace)
+    require(identity_of(request), Action.BIND, namespace)
     binding = await read_model(request, schemas.RuntimeBinding, invoker.max_body_bytes)
     available = invoker.gateway.runtimes.factories
     if binding.type not in available:
@@ -176,7 +177,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         tag="invocation",
         body=InvokeRequest,
         response=InvokeResponse,
-        errors=(400, 401, 404, 409, 410, 413, 415, 422, 500, 503, 504),
+        errors=(400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 500, 503, 504),
         description="Synchronous by default. With the header `Prefer: respond-async` the "
         "call is queued as a durable job: 202 with the job and its `Location` "
         "(`/v1/jobs/{id}`); give `callback_url` to have the finished job POSTed to you. "

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import hashlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import sqlalchemy as sa
 from jsonschema import Draft202012Validator
 
 from yunnao.plugins.capability import Invocation
@@ -32,12 +36,15 @@ from yunnao.plugins.errors import (
     Forbidden,
     Gone,
     NotFound,
+    TooManyRequests,
+    Unavailable,
     ValidationFailed,
     YunnaoError,
 )
 from yunnao.plugins.loader import Plugins
 from yunnao.registry import names
-from yunnao.registry.access import Identity, discoverable, in_scopes
+from yunnao.registry.access import Action, Entry, Identity, access_rules, decide
+from yunnao.registry.limits import Limit
 from yunnao.registry.store import RegistryStore, Resolution
 
 from .base import (
@@ -50,6 +57,7 @@ from .base import (
 )
 from .manager import Runtimes
 from .metrics import Metrics
+from .ratelimit import MemoryLimiter, RateLimiter
 from .usage import Usage, UsageLog
 
 log = logging.getLogger("yunnao.gateway")
@@ -77,6 +85,7 @@ class Call:
     target: Target
     status: str  # the version's lifecycle status
     classification: str
+    rate_limit: str | None = None  # the capability's own, all callers together
 
     @property
     def deprecated(self) -> bool:
@@ -132,6 +141,18 @@ def schema_errors(validator: Draft202012Validator, data: Any, prefix: str) -> li
     return sorted(out, key=lambda e: e.field)
 
 
+@functools.lru_cache(maxsize=1024)
+def _limit(text: str) -> Limit:
+    return Limit.parse(text)
+
+
+def _bucket_key(text: str) -> str:
+    """Bucket keys fit their column: long subjects are hashed."""
+    if len(text) <= 200:
+        return text
+    return text[:100] + "#" + hashlib.sha256(text.encode()).hexdigest()
+
+
 class Gateway:
     """Resolves and runs calls; shared by the HTTP routes, the V2 protocol and jobs."""
 
@@ -145,6 +166,9 @@ class Gateway:
         *,
         alias_lookup: Callable[[str, str, str], str | None] | None = None,
         cache_ttl: float = 2.0,
+        limiter: RateLimiter | None = None,
+        caller_limit: str | None = None,
+        anonymous_limit: str | None = None,
     ) -> None:
         self.store = store
         self.runtimes = runtimes
@@ -153,6 +177,9 @@ class Gateway:
         self.metrics = metrics
         self.alias_lookup = alias_lookup
         self.cache_ttl = cache_ttl
+        self.limiter = limiter or MemoryLimiter()
+        self.caller_limit = caller_limit
+        self.anonymous_limit = anonymous_limit
         self._cache: dict[tuple[str, str, str | None], tuple[float, int, Resolution, Target]] = {}
         self._validators: dict[tuple[str, str, str], Draft202012Validator] = {}
         self._locks: dict[tuple[str, str, str | None], asyncio.Lock] = {}
@@ -163,20 +190,35 @@ class Gateway:
         """The version ``namespace/name[@ref]`` means for ``identity``, or the problem
         (404 for what the caller may not see, 410 for a retired version)."""
         name, ref = split_ref(name_ref)
-        resolution, target = await self._resolution(namespace, name, ref)
+        # Whatever the caller may not see answers exactly like what does not exist,
+        # whichever version or alias they named.
+        hidden = NotFound(f"no capability {namespace}/{name}")
+        try:
+            resolution, target = await self._resolution(namespace, name, ref)
+        except NotFound:
+            seen = await anyio.to_thread.run_sync(
+                self.store.discoverable, identity, namespace, name
+            )
+            if not seen:
+                raise hidden from None
+            raise
         version = resolution.version
         # A capability whose versions are all retired leaves the catalog, but a caller
         # holding its address should learn it is retired (410), not that it never was.
         listed_as = resolution.capability_status
-        visible = discoverable(
-            identity,
-            classification=resolution.classification,
-            status="published" if listed_as == "retired" else listed_as,
-            scoped=in_scopes(identity, namespace),
-            writable=identity.writes(namespace),
+        entry = Entry(
+            namespace,
+            resolution.classification,
+            "published" if listed_as == "retired" else listed_as,
+            access_rules(resolution.access),
+            local=resolution.via_node is None,
         )
-        if not visible or (version.status == "draft" and not identity.writes(namespace)):
-            raise NotFound(f"no capability {namespace}/{name_ref}")
+        if version.status == "draft" and not identity.writes(namespace):
+            raise hidden
+        decision = decide(identity, Action.INVOKE, entry)
+        if decision.status == 404:
+            raise hidden
+        decision.raise_if_refused()
         if not identity.may_invoke(namespace, name):
             raise Forbidden(
                 f"this API key may invoke only {', '.join(identity.capabilities or ())}, "
@@ -187,7 +229,50 @@ class Gateway:
                 f"{version.id} is retired; call a current version "
                 f"(see /v1/capabilities/{namespace}/{name}/versions)"
             )
-        return Call(target, version.status, resolution.classification)
+        return Call(target, version.status, resolution.classification, entry.access.rate_limit)
+
+    async def admit(self, identity: Identity, call: Call, client: str | None) -> None:
+        """Take one call from the caller's and the capability's rate limits, or raise
+        429 with the seconds until the next call fits. ``client``: the caller's address,
+        which keys anonymous callers."""
+        buckets = []
+        if identity.authenticated:
+            mine = identity.rate_limit or self.caller_limit
+            who = f"caller:{identity.issuer}:{identity.subject}"
+        else:
+            mine = self.anonymous_limit
+            who = f"peer:{identity.peer}" if identity.peer else f"client:{client or '?'}"
+        if mine is not None:
+            buckets.append((_bucket_key(who), _limit(mine)))
+        if call.rate_limit is not None:
+            buckets.append(
+                (
+                    _bucket_key(f"capability:{call.target.namespace}/{call.target.name}"),
+                    _limit(call.rate_limit),
+                )
+            )
+        if not buckets:
+            return
+        try:
+            if isinstance(self.limiter, MemoryLimiter):
+                verdict = self.limiter.take(buckets)
+            else:
+                verdict = await anyio.to_thread.run_sync(self.limiter.take, buckets)
+        except sa.exc.SQLAlchemyError:
+            log.exception("rate limits could not be checked")
+            raise Unavailable(
+                "rate limits cannot be checked now (the store is unreachable)"
+            ) from None
+        if verdict.allowed:
+            return
+        wait = max(1, math.ceil(verdict.retry_after))
+        if verdict.key == buckets[0][0] and (mine is not None):
+            what = f"your rate limit ({mine})"
+        else:
+            what = (
+                f"the rate limit of {call.target.namespace}/{call.target.name} ({call.rate_limit})"
+            )
+        raise TooManyRequests(f"{what} is spent; retry in {wait} s", retry_after=wait)
 
     async def _resolution(
         self, namespace: str, name: str, ref: str | None
@@ -218,7 +303,9 @@ class Gateway:
             return resolution, target
 
     def _alias(self, namespace: str, name: str, alias: str) -> str:
-        number = self.alias_lookup(namespace, name, alias) if self.alias_lookup else None
+        number = None
+        if self.alias_lookup is not None and names.is_alias(alias):
+            number = self.alias_lookup(namespace, name, alias)
         if number is None:
             raise NotFound(f"{namespace}/{name} has no version or alias {alias!r}")
         return number

@@ -14,6 +14,7 @@ with backoff, and again after a restart until delivered or given up).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -41,25 +42,20 @@ JOB = Job.__table__  # Core, for claims that must be one statement each
 
 
 def identity_data(identity: Identity) -> dict[str, Any]:
-    return {
-        "subject": identity.subject,
-        "role": identity.role,
-        "scopes": list(identity.scopes),
-        "issuer": identity.issuer,
-        "peer": identity.peer,
-        "capabilities": list(identity.capabilities) if identity.capabilities is not None else None,
-    }
+    data = dataclasses.asdict(identity)
+    data["scopes"] = list(identity.scopes)
+    if identity.capabilities is not None:
+        data["capabilities"] = list(identity.capabilities)
+    return data
 
 
 def identity_from(data: dict[str, Any]) -> Identity:
-    return Identity(
-        subject=data.get("subject"),
-        role=data.get("role"),
-        scopes=tuple(data.get("scopes") or ()),
-        issuer=data.get("issuer"),
-        peer=data.get("peer"),
-        capabilities=tuple(data["capabilities"]) if data.get("capabilities") is not None else None,
-    )
+    known = {f.name for f in dataclasses.fields(Identity)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["scopes"] = tuple(values.get("scopes") or ())
+    if values.get("capabilities") is not None:
+        values["capabilities"] = tuple(values["capabilities"])
+    return Identity(**values)
 
 
 def representation(job: Any) -> dict[str, Any]:

@@ -288,6 +288,9 @@ def _outputs(
 async def infer(request: Request) -> Response:
     invoker = request.app.state.invoker
     call = await _call(request)
+    gateway = request.app.state.invoker.gateway
+    client = request.client.host if request.client else None
+    await gateway.admit(identity_of(request), call, client)
     raw = await read_body(request, invoker.max_body_bytes)
     length = request.headers.get(HEADER_LENGTH)
     if length is not None:
@@ -346,7 +349,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                      "V2 model readiness", tag="v2", errors=(401, 404, 410)),
             Endpoint("POST", path + "/infer", v2_errors(infer), f"v2Infer{suffix}",
                      "V2 inference (JSON or binary tensor data)", tag="v2",
-                     errors=(400, 401, 404, 410, 413, 422, 500, 503, 504)),
+                     errors=(400, 401, 403, 404, 410, 413, 422, 429, 500, 503, 504)),
         )
     ),
 )  # fmt: skip

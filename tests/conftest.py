@@ -66,6 +66,28 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'registry.db'}"
 
 
+def bearer(
+    key_path: Path,
+    node_id: str,
+    role: str,
+    *scopes: str,
+    subject: str = "tester",
+    department: str | None = None,
+    ttl: timedelta = timedelta(hours=1),
+) -> dict[str, str]:
+    """An Authorization header with a token of node ``node_id`` (key at ``key_path``)."""
+    token = tokens.issue(
+        tokens.load_or_create_key(key_path),
+        node_id=node_id,
+        subject=subject,
+        role=role,
+        scopes=list(scopes),
+        ttl=ttl,
+        department=department,
+    )
+    return {"Authorization": f"Bearer {token}"}
+
+
 @dataclass
 class Node:
     """A node app under test: ``client`` speaks HTTP to it, ``token()`` mints credentials."""
@@ -79,6 +101,7 @@ class Node:
         *scopes: str,
         ttl: timedelta = timedelta(hours=1),
         subject: str = "tester",
+        department: str | None = None,
     ) -> str:
         key = tokens.load_or_create_key(self.settings.key_path)
         return tokens.issue(
@@ -88,6 +111,7 @@ class Node:
             role=role,
             scopes=list(scopes),
             ttl=ttl,
+            department=department,
         )
 
     def auth(self, role: str = "author", *scopes: str) -> dict[str, str]:

@@ -600,7 +600,8 @@ def test_operators_see_peers_lag_and_metrics(tree: Tree) -> None:
     assert peers[SHINAN]["relation"] == "child" and peers[SHINAN]["pull"]
     assert peers[PROVINCE]["relation"] == "parent"
     assert peers[SHINAN]["lag_seconds"] == 0 and peers[SHINAN]["last_sync_at"]
-    metrics = httpx.get(f"{city.url}/metrics").text
+    assert httpx.get(f"{city.url}/metrics").status_code == 401
+    metrics = httpx.get(f"{city.url}/metrics", headers=city.auth("operator")).text
     assert f'yunnao_cascade_lag_entries{{peer="{SHINAN}",relation="child"}} 0.0' in metrics
     assert 'yunnao_cascade_rejected_total{peer="sd.qd.laoshan",relation="child"}' in metrics
     node = httpx.get(f"{city.url}/v1/cascade/node").json()

@@ -279,7 +279,8 @@ def test_every_call_leaves_a_usage_record_and_metrics(gw: GatewayNode) -> None:
     assert [(r.name, r.status) for r in mine] == [("greet", 200), ("greet", 422), ("boom", 500)]
     assert all(r.version == "1.0.0" and r.runtime == "inprocess" for r in mine)
     assert mine[2].error_id and mine[0].latency_ms > 0
-    text = gw.client.get("/metrics").text
+    assert gw.client.get("/metrics", headers=gw.auth("consumer")).status_code == 403
+    text = gw.client.get("/metrics", headers=gw.auth("operator")).text
     assert (
         'yunnao_invocations_total{capability="sd.qd.rt/boom",mode="sync",runtime="inprocess",'
         'status="500",version="1.0.0"}' in text

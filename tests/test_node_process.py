@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from tests.realservers.yunnao_node import YUNNAO, YunnaoProcess
@@ -171,6 +172,10 @@ def test_token_create_validates_its_input(tmp_path: Path) -> None:
     assert ttl.returncode == 2 and "--ttl" in ttl.stderr
     role = cli("token", "create", "--role", "root", cwd=tmp_path, check=False)
     assert role.returncode == 2 and "--role" in role.stderr
+    dept = cli(
+        "token", "create", "--role", "author", "--department", "x", cwd=tmp_path, check=False
+    )
+    assert dept.returncode == 2 and "--department" in dept.stderr
     ok = json.loads(
         cli(
             "token",
@@ -179,6 +184,8 @@ def test_token_create_validates_its_input(tmp_path: Path) -> None:
             "author",
             "--namespace",
             "local.x",
+            "--department",
+            "local.x",
             "--ttl",
             "2h",
             "--json",
@@ -186,16 +193,20 @@ def test_token_create_validates_its_input(tmp_path: Path) -> None:
         ).stdout
     )
     assert ok["expires_in_seconds"] == 7200 and ok["namespaces"] == ["local.x"]
+    assert ok["department"] == "local.x"
+    claims = jwt.decode(ok["token"], options={"verify_signature": False})
+    assert claims["dept"] == "local.x"
 
 
 def test_api_keys_from_the_cli(served) -> None:
     node, cwd = served
     made = json.loads(
         cli(
-            "key", "create", "dashboard", "--scope", NS, "--json",
+            "key", "create", "dashboard", "--scope", NS, "--rate-limit", "100/min", "--json",
             "--url", node.url, "--node-id", "sd.qd", cwd=cwd,
         ).stdout
     )  # fmt: skip
+    assert made["rate_limit"] == "100/min"
     key = {"Authorization": f"Bearer {made['key']}"}
     assert httpx.get(f"{node.url}/v1/capabilities", headers=key).status_code == 200
     listed = cli("key", "list", "--url", node.url, "--node-id", "sd.qd", cwd=cwd).stdout

@@ -28,9 +28,10 @@ from yunnao.cascade.sync import Replicator
 from yunnao.plugins.errors import Unauthorized, Unavailable, YunnaoError
 from yunnao.plugins.loader import Plugins
 from yunnao.registry import api, audit_api, db, keys_api, migrate, openapi, tokens
+from yunnao.registry.access import Action, require
 from yunnao.registry.apikeys import ApiKeys, is_api_key
 from yunnao.registry.audit import AuditLog, AuditMiddleware
-from yunnao.registry.auth import AuthMiddleware
+from yunnao.registry.auth import AuthMiddleware, identity_of
 from yunnao.registry.oidc import OidcConfig, OidcVerifier
 from yunnao.registry.problems import EXCEPTION_HANDLERS
 from yunnao.registry.publishing import Publisher
@@ -46,6 +47,7 @@ from yunnao.runtimes.jobs import Jobs
 from yunnao.runtimes.loading import load_runnable
 from yunnao.runtimes.manager import Runtimes
 from yunnao.runtimes.metrics import Metrics
+from yunnao.runtimes.ratelimit import limiter_for
 from yunnao.runtimes.usage import UsageLog
 
 from .settings import Settings
@@ -168,7 +170,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         uri = models.alias_version(namespace, name, alias)
         return None if uri is None else store.version_of_model(namespace, name, uri)
 
-    gateway = Gateway(store, runtimes, plugins, usage, metrics, alias_lookup=alias_lookup)
+    gateway = Gateway(
+        store,
+        runtimes,
+        plugins,
+        usage,
+        metrics,
+        alias_lookup=alias_lookup,
+        limiter=limiter_for(engine),
+        caller_limit=settings.rate_limit,
+        anonymous_limit=settings.rate_limit_anonymous,
+    )
     jobs = Jobs(
         engine,
         gateway,
@@ -237,6 +249,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
 
     async def prometheus(request: Request) -> Response:
+        # Labels name capabilities, hidden ones included: operators only.
+        require(identity_of(request), Action.READ_NODE, settings.node_id)
         for rtype, health in (await runtimes.health()).items():
             metrics.runtime_up.labels(rtype).set(1 if health.ok else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -278,9 +292,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
-                    "summary": "Prometheus metrics (invocations, latency, jobs, runtimes)",
+                    "summary": "Prometheus metrics (invocations, latency, jobs, runtimes); "
+                    "needs an operator or admin token of this node",
                     "tags": ["node"],
-                    "responses": {"200": {"description": "text exposition format"}},
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "text exposition format"},
+                        "401": {"description": "Authentication required"},
+                        "403": {"description": "Forbidden"},
+                    },
                 }
             },
         },

@@ -597,6 +597,11 @@ def token() -> None:
     help="Who the token is for (recorded in the token)",
 )
 @click.option(
+    "--department",
+    metavar="DEPT",
+    help="The holder's department, e.g. sd.qd.traffic (matched by capabilities' access rules)",
+)
+@click.option(
     "--ttl", default="30d", show_default=True, help="Lifetime: a number with s, m, h or d, e.g. 12h"
 )
 @click.option("--json", "as_json", is_flag=True, help="Print token and claims as JSON")
@@ -607,6 +612,7 @@ def token_create(
     role: str,
     namespaces: tuple[str, ...],
     subject: str,
+    department: str | None,
     ttl: str,
     as_json: bool,
 ) -> None:
@@ -622,6 +628,10 @@ def token_create(
     for scope in namespaces:
         if not names.is_node_id(scope):
             raise click.BadParameter(f"{scope!r}: {names.NAMESPACE_RULE}", param_hint="--namespace")
+    if department is not None and not names.is_namespace(department):
+        raise click.BadParameter(
+            f"{department!r}: {names.NAMESPACE_RULE}", param_hint="--department"
+        )
     lifetime = _parse_ttl(ttl)
     key = tokens.load_or_create_key(settings.key_path)
     jwt_text = tokens.issue(
@@ -631,6 +641,7 @@ def token_create(
         role=role,
         scopes=list(namespaces),
         ttl=lifetime,
+        department=department,
     )
     if as_json:
         _print_json(
@@ -640,6 +651,7 @@ def token_create(
                 "subject": subject,
                 "role": role,
                 "namespaces": list(namespaces),
+                "department": department,
                 "expires_in_seconds": int(lifetime.total_seconds()),
             }
         )

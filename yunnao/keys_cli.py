@@ -37,6 +37,7 @@ def key() -> None:
     metavar="NS/NAME",
     help="A capability (or NS/*) it may invoke (repeat; default: whatever its role may)",
 )
+@click.option("--rate-limit", help='Its own rate limit, e.g. "100/min" or "5000/day"')
 @click.option("--expires-in-days", type=float, default=90, show_default=True)
 @click.option("--no-expiry", is_flag=True, help="Valid until revoked")
 @admin_options
@@ -46,6 +47,7 @@ def create(
     role: str,
     scopes: tuple[str, ...],
     capabilities: tuple[str, ...],
+    rate_limit: str | None,
     expires_in_days: float,
     no_expiry: bool,
     node: NodeClient,
@@ -57,6 +59,7 @@ def create(
         "role": role,
         "scopes": list(scopes),
         "capabilities": list(capabilities),
+        "rate_limit": rate_limit,
         "expires_in_days": None if no_expiry else expires_in_days,
     }
     made = node.request("POST", "/v1/keys", json=body)

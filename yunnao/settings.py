@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from yunnao.registry import names
+from yunnao.registry.schemas import RateLimit
 
 
 class Settings(BaseSettings):
@@ -85,6 +86,15 @@ class Settings(BaseSettings):
     oidc_node_claim: str = Field("node", description="claim holding the caller's node id")
     oidc_department_claim: str = Field(
         "department", description="claim holding the caller's department (a namespace segment)"
+    )
+    rate_limit: RateLimit | None = Field(
+        None,
+        description='calls each signed-in caller may make, e.g. "100/s" or "50000/day" (a '
+        "token bucket; an API key's own limit overrides it); unset: no limit",
+    )
+    rate_limit_anonymous: RateLimit | None = Field(
+        None,
+        description='calls each anonymous client address may make, e.g. "10/s"; unset: no limit',
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

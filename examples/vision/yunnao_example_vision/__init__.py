@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from yunnao.plugins import Tensor, capability, hookimpl
+from yunnao.plugins.errors import FieldError, ValidationFailed
 from yunnao.plugins.tensor import FP32
 
 _SOBEL = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=np.float32)
@@ -66,7 +67,11 @@ def scene_stats(
 ) -> SceneStats:
     """Measures a grayscale frame (height × width, at least 3 × 3, values 0-1)."""
     if min(image.shape) < 3:
-        raise ValueError("the frame must be at least 3 × 3 pixels")
+        # A rule the schema cannot state: answered as 422 naming the field, like one it can.
+        raise ValidationFailed(
+            f"input.image: the frame must be at least 3 × 3 pixels, not {image.shape}",
+            errors=[FieldError("input.image", "at least 3 × 3 pixels")],
+        )
     gx, gy = _filter(image, _SOBEL), _filter(image, _SOBEL.T)
     magnitude = np.hypot(gx, gy) / 4.0  # Sobel's largest response to a 0→1 step is 4
     brightness = float(image.mean())
