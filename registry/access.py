@@ -2,9 +2,9 @@
 
 Every decision about a caller is made here, by :func:`decide` (or :func:`require`, which
 raises its refusal): the catalog API, the gateway, the cascade's operator routes, the
-audit and key routes and the web UI all ask it. Search asks :func:`discoverable`, the
-same rule in a form it can evaluate once per combination of inputs and then look up
-for the whole catalog (:mod:`~yunnao.registry.facets`).
+audit and key routes and ``/metrics`` ask it, and the web UI is to ask it too. Search
+asks :func:`discoverable`, the same rule in a form it can evaluate once per combination
+of inputs and then look up for the whole catalog (:mod:`~yunnao.registry.facets`).
 
 An identity holds one **role** scoped to nodes or namespaces (a scope covers itself and
 everything under it; ``sd.qd`` covers the node and all its departments), plus the node

@@ -187,6 +187,7 @@ async def publish_version(request: Request) -> Response:
     catalog = _catalog(request)
     spec = await read_model(request, schemas.PublishRequest, catalog.max_body_bytes)
     if "access" in spec.model_fields_set:
+        request.state.audit_action = Action.GRANT.value
         require(identity, Action.GRANT, namespace)
     version = await _run(catalog.store.publish, namespace, name, spec)
     location = f"/v1/capabilities/{namespace}/{name}/versions/{version.version}"
@@ -235,6 +236,7 @@ async def update_capability(request: Request) -> Response:
     catalog = _catalog(request)
     patch = await read_model(request, schemas.MetaPatch, catalog.max_body_bytes)
     if "access" in patch.model_fields_set:
+        request.state.audit_action = Action.GRANT.value
         require(identity, Action.GRANT, namespace)
     cap, etag = await _run(
         catalog.store.update_metadata,

@@ -254,8 +254,12 @@ class AuditMiddleware:
                 state = scope.get("state", {})
                 identity = state.get("identity")
                 endpoint = scope.get("endpoint")
-                action = self.actions.get(endpoint) or (
-                    "authenticate" if identity is None and status == 401 else "unrouted"
+                # A route may name the action more precisely (a publish that sets access
+                # rules is a grant).
+                action = (
+                    state.get("audit_action")
+                    or self.actions.get(endpoint)
+                    or ("authenticate" if identity is None and status == 401 else "unrouted")
                 )
                 self.log.record(
                     Event(

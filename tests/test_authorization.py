@@ -386,6 +386,11 @@ def test_only_admins_grant_and_a_new_version_keeps_the_rules(authz: AuthzNode) -
         assert got["invoke"]["roles"] == ["consumer"] and got["rate_limit"] == "100/min"
     finally:
         assert authz.client.patch(path, json={"access": {}}, headers=admin).status_code == 200
+    # Grants are audited as such, refused ones included.
+    authz.client.app.state.audit.flush()
+    events = authz.client.get("/v1/audit", params={"action": "grant"}, headers=admin).json()
+    outcomes = {(e["actor"], e["role"], e["outcome"]) for e in events["items"]}
+    assert {("staff-1", "author", "denied"), ("staff-1", "admin", "ok")} <= outcomes
     bad = authz.client.patch(path, json={"access": {"rate_limit": "fast"}}, headers=admin)
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "access.rate_limit"
     bad = authz.client.patch(
