@@ -1,1 +1,11 @@
-"""Server-rendered web catalog and operator pages. Arrives with the web UI issue."""
+"""The web catalog and operator pages: server-rendered (Starlette + Jinja2), with a
+little vendored htmx for the "try it" form; no build step.
+
+Pages ask the same policy module as the API (:mod:`yunnao.registry.access`), so a
+signed-in person sees exactly what their token may discover. Text comes from message
+catalogs (:mod:`.i18n`), zh-CN by default with an English switch.
+"""
+
+from .pages import ACTIONS, routes
+
+__all__ = ["ACTIONS", "routes"]

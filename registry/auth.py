@@ -2,6 +2,11 @@
 
 No header means anonymous (routes decide what anonymous callers may do). A header
 that is present but wrong is refused at once with 401, never downgraded to anonymous.
+
+The web pages carry the same bearer token in a session cookie instead. It counts only
+for the pages, never for the API (``/v1``, ``/v2``, ``/metrics``), so another site cannot
+make a signed-in browser call the API; a cookie that no longer verifies (expired) makes
+the visitor anonymous, and the page offers to sign in again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from .access import ANONYMOUS, Identity
 from .problems import yunnao_error
 
 Verifier = Callable[[str], Identity]
+SESSION_COOKIE = "yunnao_session"
+_API_PREFIXES = ("/v1/", "/v2/", "/metrics", "/openapi.json")
 
 
 class AuthMiddleware:
@@ -31,7 +38,13 @@ class AuthMiddleware:
         request = Request(scope)
         header = request.headers.get("authorization")
         identity = ANONYMOUS
-        if header is not None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if header is None and cookie and not scope["path"].startswith(_API_PREFIXES):
+            try:
+                identity = self.verify(cookie)
+            except YunnaoError:
+                identity = ANONYMOUS
+        elif header is not None:
             scheme, _, token = header.partition(" ")
             try:
                 if scheme.lower() != "bearer" or not token.strip():

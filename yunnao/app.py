@@ -17,11 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from yunnao import __version__
+from yunnao import __version__, catalog_ui
 from yunnao.cascade import api as cascade_api
 from yunnao.cascade import assertions, compaction
 from yunnao.cascade.apply import Applier
 from yunnao.cascade.feed import Feed
+from yunnao.cascade.history import LagHistory
 from yunnao.cascade.metrics import CascadeCollector
 from yunnao.cascade.peers import PeerKeys, PeerStore
 from yunnao.cascade.sync import Replicator
@@ -321,6 +322,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 tg.start_soon(jobs.run)
             if settings.cascade_sync:
                 tg.start_soon(replicator.run)
+            tg.start_soon(lag_history.run)
             if settings.cascade_keep_days is not None:
                 tg.start_soon(compaction.run_hourly, feed, settings.cascade_keep_days)
             try:
@@ -330,9 +332,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await runtimes.close()
         engine.dispose()
 
+    lag_history = LagHistory(peers)
+
     app = Starlette(
         routes=[
             *api.routes(endpoints),
+            *catalog_ui.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
@@ -341,7 +346,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(
-                AuditMiddleware, log=audit, actions={e.handler: e.operation_id for e in endpoints}
+                AuditMiddleware,
+                log=audit,
+                actions={**{e.handler: e.operation_id for e in endpoints}, **catalog_ui.ACTIONS},
             ),
             Middleware(AuthMiddleware, verify=verify),
         ],
@@ -373,6 +380,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.api_keys = api_keys
     app.state.audit = audit
+    app.state.node_key = key
+    app.state.lag_history = lag_history
     app.state.usage_engine = engine
     app.state.stopping = threading.Event()  # set when the server begins to shut down
     return app

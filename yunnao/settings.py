@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         None,
         description='calls each anonymous client address may make, e.g. "10/s"; unset: no limit',
     )
+    ui_dev_signin: bool | None = Field(
+        None,
+        description="the web catalog's dev sign-in (choose a role, get a node token); unset: "
+        "on for embedded defaults only (no database URL, no identity provider)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")

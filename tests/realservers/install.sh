@@ -10,6 +10,15 @@ if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/ini
   need+=(postgresql)
 fi
 
+# Headless Chromium for the web UI's browser tests (driven by the playwright package),
+# and a CJK font so that its screenshots of the zh-CN pages show text, not boxes.
+if ! command -v chromium >/dev/null; then
+  need+=(chromium)
+fi
+if [ ! -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ]; then
+  need+=(fonts-wqy-zenhei)
+fi
+
 if ((${#need[@]})); then
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi

@@ -1,0 +1,226 @@
+"""The web catalog in a real browser: Playwright driving Debian's Chromium against real
+``yunnao serve`` processes (a city with the example plugins, and a district linked as
+its child for the operator page). Every test saves a screenshot (to the test's
+temporary directory, or to ``docs/images/ui`` with ``YUNNAO_UI_SCREENSHOTS=docs``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.realservers.yunnao_node import YUNNAO, YunnaoProcess
+
+pytestmark = pytest.mark.slow
+
+CITY, DISTRICT = "sd.qd", "sd.qd.shinan"
+CHROMIUM = "/usr/bin/chromium"
+DOCS_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "images" / "ui"
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[YunnaoProcess]:
+    root = tmp_path_factory.mktemp("ui")
+    node = YunnaoProcess(root / "city", "--node-id", CITY, "--publish-plugins")
+    node.start(timeout=180)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    tab = context.new_page()
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def shot(tmp_path: Path, request: pytest.FixtureRequest):
+    """Save a full-page screenshot named after the test (and a suffix)."""
+    target = DOCS_SHOTS if os.environ.get("YUNNAO_UI_SCREENSHOTS") == "docs" else tmp_path
+
+    def save(page: Page, suffix: str = "") -> Path:
+        target.mkdir(parents=True, exist_ok=True)
+        name = request.node.name.removeprefix("test_") + (f"-{suffix}" if suffix else "")
+        path = target / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+        return path
+
+    return save
+
+
+def sign_in(page: Page, base: str, role: str, subject: str = "王芳") -> None:
+    page.goto(f"{base}/signin")
+    page.get_by_label("姓名").fill(subject)
+    page.get_by_label("角色").select_option(role)
+    page.get_by_role("button", name="登录").click()
+    expect(page.locator(".who")).to_contain_text(subject)
+
+
+def test_search_facet_open_try_and_see_the_result(city: YunnaoProcess, page: Page, shot) -> None:
+    page.goto(city.url)
+    expect(page.locator("h1")).to_have_text("能力目录")
+    page.get_by_label("搜索能力", exact=True).fill("流量")
+    page.get_by_role("button", name="搜索").click()
+    expect(page.locator(".hit")).to_have_count(1)
+    expect(page.locator(".hit mark").first).to_have_text("流")
+    # Facet: the domain, then its count narrows nothing more and the URL keeps the query.
+    page.locator('a.facet[data-facet="domain"][data-value="governance"]').click()
+    assert re.search(r"q=%E6%B5%81%E9%87%8F.*domain=governance", page.url)
+    expect(page.locator(".total")).to_have_text("共 1 项能力")
+    shot(page, "search")
+    page.get_by_role("link", name=re.compile("交通流量预测")).click()
+    expect(page.locator("h1")).to_have_text("交通流量预测")
+    expect(page.locator("table.schema").first).to_contain_text("counts")
+    expect(page.locator("pre.snippet").first).to_contain_text("curl -X POST")
+    # The form comes filled with the capability's example: run it as it is.
+    page.get_by_role("button", name="运行").click()
+    result = page.locator("#try-result .result")
+    expect(result).to_have_attribute("data-status", "200")
+    expect(result).to_contain_text('"hours"')
+    shot(page)
+
+
+def test_invalid_input_shows_the_problem(city: YunnaoProcess, page: Page, shot) -> None:
+    page.goto(f"{city.url}/c/{CITY}.urban/scene-stats")
+    page.get_by_label("image").fill("[[0.1, 0.2]]")
+    page.get_by_role("button", name="运行").click()
+    result = page.locator("#try-result .result")
+    expect(result).to_have_attribute("data-status", "422")
+    expect(result.locator(".detail")).to_contain_text("at least 3 × 3")
+    expect(result).to_contain_text("validation-failed")
+    # Not JSON at all: the form says which field, before any call.
+    page.get_by_label("image").fill("not json")
+    page.get_by_role("button", name="运行").click()
+    expect(result.locator(".detail")).to_contain_text("input.image: not JSON")
+    shot(page)
+
+
+def test_the_language_switch(city: YunnaoProcess, page: Page, shot) -> None:
+    page.goto(f"{city.url}/?q=forecast")
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    expect(page.locator("h1")).to_have_text("能力目录")
+    expect(page.locator(".facets h2").first).to_have_text("领域")
+    page.get_by_role("link", name="English").click()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator("h1")).to_have_text("Capability catalog")
+    expect(page.locator(".facets h2").first).to_have_text("Domain")
+    assert "q=forecast" in page.url  # the switch keeps the visitor where they were
+    shot(page)
+    page.get_by_role("link", name="中文").click()
+    expect(page.locator("h1")).to_have_text("能力目录")
+
+
+def test_an_anonymous_visitor_does_not_see_an_internal_entry(
+    city: YunnaoProcess, page: Page, shot
+) -> None:
+    internal = f"{CITY}.env/air-anomaly"  # the air example is classified internal
+    page.goto(city.url)
+    expect(page.locator(".hit")).not_to_have_count(0)
+    links = page.locator(".hit h2 a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+    assert f"/c/{internal}" not in links
+    counts = page.locator('a.facet[data-facet="classification"]').all_inner_texts()
+    assert not [c for c in counts if "内部" in c]
+    response = page.goto(f"{city.url}/c/{internal}")
+    assert response is not None and response.status == 404
+    expect(page.locator("h1")).to_contain_text("404")
+    shot(page, "anonymous")
+    sign_in(page, city.url, "consumer")
+    page.goto(city.url)
+    expect(page.locator(f'.hit h2 a[href="/c/{internal}"]')).to_have_count(1)
+    shot(page, "signed-in")
+
+
+def test_the_operator_page_shows_a_childs_lag(
+    city: YunnaoProcess, page: Page, shot, tmp_path: Path
+) -> None:
+    district = YunnaoProcess(tmp_path / "district", "--node-id", DISTRICT)
+    district.start(timeout=120)
+    try:
+        link = subprocess.run(
+            [
+                YUNNAO,
+                "cascade",
+                "add-child",
+                DISTRICT,
+                "--child-url",
+                district.url,
+                "--url",
+                city.url,
+            ],
+            cwd=city.cwd,
+            env={**os.environ, "YUNNAO_NODE_ID": CITY},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert link.returncode == 0, link.stdout + link.stderr
+        back = subprocess.run(
+            [
+                YUNNAO,
+                "cascade",
+                "add-parent",
+                CITY,
+                "--parent-url",
+                city.url,
+                "--url",
+                district.url,
+            ],
+            cwd=district.cwd,
+            env={**os.environ, "YUNNAO_NODE_ID": DISTRICT},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert back.returncode == 0, back.stdout + back.stderr
+        sign_in(page, city.url, "operator")
+        # Lag is sampled every 10 s: reload until the child's chart has a point.
+        deadline = time.monotonic() + 40
+        while True:
+            page.goto(f"{city.url}/ops")
+            if page.locator(f'figure.lag-chart[data-peer="{DISTRICT}"]').count():
+                break
+            assert time.monotonic() < deadline, "no lag sample for the child"
+            time.sleep(2)
+        row = page.locator(f'tr[data-peer="{DISTRICT}"]')
+        expect(row).to_contain_text("下级")
+        assert re.fullmatch(r"\d+", row.locator(".lag-entries").inner_text().strip())
+        expect(page.locator(f'figure.lag-chart[data-peer="{DISTRICT}"] svg')).to_have_count(1)
+        shot(page)
+        # Consumers have no operator pages.
+        sign_in(page, city.url, "consumer", subject="李雷")
+        response = page.goto(f"{city.url}/ops")
+        assert response is not None and response.status == 403
+    finally:
+        district.stop()
