@@ -1,7 +1,9 @@
-# Yunnao: the two commands are `make run` and `make test`; the rest are helpers.
+# Yunnao: the main commands are `make run`, `make demo` and `make test`; the rest are helpers.
 #   make run    create .venv if missing, install the pinned deps and the example
 #               plugins, serve a node on embedded defaults (SQLite, MLflow and keys
 #               under ./var, http://127.0.0.1:8000) with the examples published
+#   make demo   install as make run does, then run a city and two districts linked by
+#               the cascade (ports 8000-8002, state under ./var/demo); Ctrl-C stops them
 #   make test   install the test deps and test servers (PostgreSQL from Debian when
 #               absent), then lint and run the whole suite, real-server tests included
 PYTHON ?= python3
@@ -10,11 +12,11 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 EXAMPLES := $(wildcard examples/*/pyproject.toml)
 
-.PHONY: run test lint pytest deps test-deps test-servers bench clean help
+.PHONY: run demo test lint pytest deps test-deps test-servers bench clean help
 .DEFAULT_GOAL := help
 
 help:
-	@sed -n '1,6p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,8p' Makefile | sed 's/^# \{0,1\}//'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,11 @@ test-servers:
 
 run: deps
 	$(BIN)/yunnao serve --publish-plugins $(ARGS)
+
+# A city and two districts linked by the cascade, state under ./var/demo (see
+# docs/operating.md, "The city demo"); e.g. make demo ARGS='--port 9000 --fresh'
+demo: deps
+	$(BIN)/yunnao demo $(ARGS)
 
 lint: test-deps
 	$(BIN)/ruff check .

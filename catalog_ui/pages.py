@@ -26,7 +26,7 @@ from yunnao.registry.auth import SESSION_COOKIE, identity_of
 from yunnao.runtimes import usage_stats
 from yunnao.runtimes.v2 import tensor_specs
 
-from . import charts, forms, i18n, text
+from . import charts, forms, i18n, sso, text
 
 _HERE = Path(__file__).parent
 _env = Environment(
@@ -359,7 +359,13 @@ def _next(request: Request, fallback: str = "/") -> str:
 async def signin(request: Request) -> Response:
     settings = request.app.state.settings
     if request.method == "GET":
-        return _render(request, "signin.html", next=_next(request), roles=access.ROLES)
+        return _render(
+            request,
+            "signin.html",
+            next=_next(request),
+            roles=access.ROLES,
+            sso_enabled=request.app.state.sso is not None,
+        )
     _check_origin(request)
     if not dev_signin_enabled(settings):
         raise Forbidden("the dev sign-in is off on this node: sign in with single sign-on")
@@ -406,6 +412,16 @@ async def signin(request: Request) -> Response:
     return response
 
 
+@_page
+async def signin_sso(request: Request) -> Response:
+    return await sso.start(request, _next(request))
+
+
+@_page
+async def sso_callback(request: Request) -> Response:
+    return await sso.callback(request)
+
+
 async def signout(request: Request) -> Response:
     _check_origin(request)
     response = RedirectResponse("/", status_code=303)
@@ -429,6 +445,8 @@ def routes() -> list[BaseRoute]:
         Route("/c/{namespace}/{name}/try", try_it, methods=["POST"]),
         Route("/ops", operators, methods=["GET"]),
         Route("/signin", signin, methods=["GET", "POST"]),
+        Route("/signin/sso", signin_sso, methods=["GET"]),
+        Route("/signin/callback", sso_callback, methods=["GET"], name="sso_callback"),
         Route("/signout", signout, methods=["POST"]),
         Route("/lang/{lang}", language, methods=["GET"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
@@ -436,4 +454,9 @@ def routes() -> list[BaseRoute]:
 
 
 # Audit names for the pages that change something or call a capability.
-ACTIONS: dict[Any, str] = {try_it: "uiTryIt", signin: "uiSignIn", signout: "uiSignOut"}
+ACTIONS: dict[Any, str] = {
+    try_it: "uiTryIt",
+    signin: "uiSignIn",
+    sso_callback: "uiSignIn",
+    signout: "uiSignOut",
+}

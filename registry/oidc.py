@@ -54,6 +54,7 @@ class OidcVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched = -1e9
         self._failure: str | None = None  # why the last fetch failed
+        self._document: dict[str, Any] | None = None
 
     def _key(self, kid: str | None) -> jwt.PyJWK:
         with self._lock:
@@ -87,14 +88,24 @@ class OidcVerifier:
         self._keys = {k.key_id: k for k in keys if k.key_id}
         self._failure = None
 
-    def _discover(self) -> str:
+    def discovery(self) -> dict[str, Any]:
+        """The provider's discovery document (read once, then kept): its endpoints."""
+        if self._document is not None:
+            return self._document
         where = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
         try:
             document = httpx.get(where, timeout=5).raise_for_status().json()
         except (httpx.HTTPError, ValueError) as exc:
             raise Unavailable(f"identity provider unreachable ({where}): {exc}") from None
-        if document.get("issuer") != self.config.issuer or "jwks_uri" not in document:
+        if not isinstance(document, dict) or document.get("issuer") != self.config.issuer:
             raise Unavailable(f"{where} does not describe issuer {self.config.issuer}")
+        self._document = document
+        return document
+
+    def _discover(self) -> str:
+        document = self.discovery()
+        if "jwks_uri" not in document:
+            raise Unavailable(f"identity provider {self.config.issuer} names no jwks_uri")
         return str(document["jwks_uri"])
 
     def verify(self, token: str) -> Identity:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -141,3 +143,53 @@ def test_an_unreachable_provider_is_a_503_not_a_500(provider: OidcProvider, tmp_
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         body = assert_problem(client.get("/v1/capabilities", headers=bearer(token)), 503)
         assert "unreachable" in body["detail"]
+
+
+# ---------------------------------------------------------------- the web catalog
+
+
+def _log_in(client: TestClient, *, tamper: str | None = None, **claims: str) -> httpx.Response:
+    """Sign in at the catalog through the provider's login form: start at /signin/sso,
+    fill the provider's form, come back to the node's callback."""
+    start = client.get("/signin/sso?next=/ops", follow_redirects=False)
+    assert start.status_code == 303
+    authorize = start.headers["location"]
+    query = dict(httpx.URL(authorize).params)
+    assert query["code_challenge_method"] == "S256" and query["client_id"] == "yunnao"
+    assert query["redirect_uri"] == "http://testserver/signin/callback"
+    form_page = httpx.get(authorize, timeout=10)
+    assert form_page.status_code == 200 and "<form" in form_page.text
+    hidden = dict(re.findall(r'name="(\w+)" value="([^"]*)"', form_page.text))
+    back = httpx.post(authorize, data={**hidden, **claims}, timeout=10)
+    assert back.status_code == 302
+    callback = httpx.URL(back.headers["location"])
+    assert callback.path == "/signin/callback"
+    params = dict(callback.params)
+    if tamper == "state":
+        params["state"] = "forged"
+    if tamper == "verifier":  # the code goes with another challenge: PKCE refuses it
+        flow = json.loads(base64.urlsafe_b64decode(client.cookies["yunnao_sso_flow"]))
+        forged = json.dumps({**flow, "verifier": "x" * 64}).encode()
+        client.cookies.delete("yunnao_sso_flow")
+        client.cookies.set("yunnao_sso_flow", base64.urlsafe_b64encode(forged).decode())
+    return client.get("/signin/callback", params=params, follow_redirects=False)
+
+
+def test_the_catalog_signs_in_through_the_provider(client: TestClient) -> None:
+    assert "/signin/sso" in client.get("/signin").text
+    done = _log_in(client, username="zhang.wei", role="operator", node=NODE_ID)
+    assert done.status_code == 303 and done.headers["location"] == "/ops"
+    assert "HttpOnly" in done.headers["set-cookie"]
+    page = client.get("/ops")
+    assert page.status_code == 200 and "zhang.wei" in page.text
+    # A state that is not this browser's is refused, and no session is made.
+    client.cookies.clear()
+    forged = _log_in(client, tamper="state", username="mallory", role="admin", node=NODE_ID)
+    assert forged.status_code == 403 and "yunnao_session" not in forged.headers.get(
+        "set-cookie", ""
+    )
+    # A code redeemed without this browser's verifier is refused by the provider.
+    client.cookies.clear()
+    stolen = _log_in(client, tamper="verifier", username="eve", role="admin", node=NODE_ID)
+    assert stolen.status_code == 401 and "did not redeem the code" in stolen.text
+    assert client.get("/ops").status_code == 401

@@ -1,7 +1,8 @@
 """The web catalog in a real browser: Playwright driving Debian's Chromium against real
 ``yunnao serve`` processes (a city with the example plugins, and a district linked as
 its child for the operator page). Every test saves a screenshot (to the test's
-temporary directory, or to ``docs/images/ui`` with ``YUNNAO_UI_SCREENSHOTS=docs``)."""
+temporary directory; with ``YUNNAO_UI_SCREENSHOTS=docs`` the ones the docs show go to
+``docs/images/ui``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ pytestmark = pytest.mark.slow
 CITY, DISTRICT = "sd.qd", "sd.qd.shinan"
 CHROMIUM = "/usr/bin/chromium"
 DOCS_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "images" / "ui"
+# The screenshots docs/ui.md and the README show.
+DOCS_NAMES = {
+    "search_facet_open_try_and_see_the_result-search",
+    "search_facet_open_try_and_see_the_result",
+    "the_language_switch",
+    "the_operator_page_shows_a_childs_lag",
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +75,12 @@ def page(browser: Browser) -> Iterator[Page]:
 @pytest.fixture
 def shot(tmp_path: Path, request: pytest.FixtureRequest):
     """Save a full-page screenshot named after the test (and a suffix)."""
-    target = DOCS_SHOTS if os.environ.get("YUNNAO_UI_SCREENSHOTS") == "docs" else tmp_path
+    to_docs = os.environ.get("YUNNAO_UI_SCREENSHOTS") == "docs"
 
     def save(page: Page, suffix: str = "") -> Path:
-        target.mkdir(parents=True, exist_ok=True)
         name = request.node.name.removeprefix("test_") + (f"-{suffix}" if suffix else "")
+        target = DOCS_SHOTS if to_docs and name in DOCS_NAMES else tmp_path
+        target.mkdir(parents=True, exist_ok=True)
         path = target / f"{name}.png"
         page.screenshot(path=str(path), full_page=True)
         assert path.stat().st_size > 10_000  # a rendered page, not a blank one
@@ -110,6 +119,19 @@ def test_search_facet_open_try_and_see_the_result(city: YunnaoProcess, page: Pag
     expect(result).to_have_attribute("data-status", "200")
     expect(result).to_contain_text('"hours"')
     shot(page)
+    # Signed in, the page charts its usage: the call just made is there (records are
+    # written once a second).
+    capability_url = page.url
+    sign_in(page, city.url, "consumer")
+    deadline = time.monotonic() + 20
+    while True:
+        page.goto(capability_url)
+        if page.locator("svg.chart").count() == 2:
+            break
+        assert time.monotonic() < deadline, "no usage charts"
+        time.sleep(1)
+    expect(page.locator("#h-usage + p")).to_contain_text("次调用")
+    assert page.locator("svg.chart rect").count() >= 1
 
 
 def test_invalid_input_shows_the_problem(city: YunnaoProcess, page: Page, shot) -> None:

@@ -1018,6 +1018,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 from .audit_cli import audit  # noqa: E402
 from .cascade_cli import cascade  # noqa: E402  (the groups use the helpers above)
+from .demo import demo  # noqa: E402
 from .keys_cli import key  # noqa: E402
 from .usage_cli import usage  # noqa: E402
 
@@ -1025,3 +1026,4 @@ main.add_command(cascade)
 main.add_command(key)
 main.add_command(audit)
 main.add_command(usage)
+main.add_command(demo)

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         None, description="the issuer's JWKS URL, if not the one its discovery document names"
     )
     oidc_leeway: float = Field(60.0, ge=0, le=600, description="seconds of clock skew tolerated")
+    oidc_client_id: str | None = Field(
+        None,
+        description="the web catalog's client id at the provider, for sign-in with the "
+        "authorization code flow (PKCE); default: the audience",
+    )
+    oidc_client_secret: str | None = Field(
+        None, description="that client's secret, for providers that require one"
+    )
     oidc_role_claim: str = Field("role", description="claim holding the role (or a list)")
     oidc_node_claim: str = Field("node", description="claim holding the caller's node id")
     oidc_department_claim: str = Field(

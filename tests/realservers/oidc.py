@@ -1,6 +1,8 @@
 """A small OpenID Connect provider, run as its own process on loopback, for the
-single-sign-on tests: discovery, a JWKS endpoint with rotating RSA keys, and a token
-endpoint (client credentials) that signs ID-style access tokens.
+single-sign-on tests: discovery, a JWKS endpoint with rotating RSA keys, a token
+endpoint that signs ID-style access tokens (client credentials), and the authorization
+code flow with PKCE (a login form at ``/authorize`` where the test names the user and
+the claims; only S256 challenges are taken, and each code is redeemed once).
 
 It speaks the standard endpoints a node uses (``/.well-known/openid-configuration``,
 ``jwks_uri``, ``token_endpoint``); for tests it also takes the claims to put in a
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -36,7 +39,7 @@ def _app(port: int) -> Any:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
     from starlette.routing import Route
 
     issuer = f"http://127.0.0.1:{port}"
@@ -64,17 +67,78 @@ def _app(port: int) -> Any:
                 "issuer": issuer,
                 "jwks_uri": f"{issuer}/jwks",
                 "token_endpoint": f"{issuer}/token",
+                "authorization_endpoint": f"{issuer}/authorize",
                 "id_token_signing_alg_values_supported": ["RS256"],
-                "grant_types_supported": ["client_credentials"],
+                "grant_types_supported": ["client_credentials", "authorization_code"],
+                "code_challenge_methods_supported": ["S256"],
             }
         )
 
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse({"keys": [jwk(kid, key) for kid, key in keys]})
 
+    codes: dict[str, dict[str, Any]] = {}  # code -> the sign-in it stands for
+
+    def sign(claims: dict[str, Any]) -> str:
+        kid, key = keys[-1]
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+    async def authorize(request: Request) -> Any:
+        if request.method == "GET":
+            q = request.query_params
+            if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
+                return JSONResponse({"error": "invalid_request"}, status_code=400)
+            hidden = "".join(
+                f'<input type="hidden" name="{k}" value="{q[k]}">'
+                for k in ("client_id", "redirect_uri", "state", "code_challenge")
+            )
+            return HTMLResponse(
+                f'<form method="post">{hidden}'
+                '<label>user <input name="username"></label>'
+                '<label>role <input name="role"></label>'
+                '<label>node <input name="node"></label>'
+                '<label>department <input name="department"></label>'
+                '<button type="submit">log in</button></form>'
+            )
+        form = dict(await request.form())
+        code = uuid.uuid4().hex
+        codes[code] = form
+        target = f"{form['redirect_uri']}?code={code}&state={form['state']}"
+        return RedirectResponse(target, status_code=302)
+
+    def redeem(form: dict[str, Any]) -> JSONResponse:
+        flow = codes.pop(str(form.get("code")), None)
+        verifier = str(form.get("code_verifier", "")).encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
+        if (
+            flow is None
+            or flow["redirect_uri"] != form.get("redirect_uri")
+            or flow["client_id"] != form.get("client_id")
+            or digest.decode() != flow["code_challenge"]
+        ):
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        now = int(time.time())
+        claims = {"iss": issuer, "sub": flow["username"], "aud": "yunnao", "iat": now,
+                  "exp": now + 3600, "jti": uuid.uuid4().hex}  # fmt: skip
+        for name in ("role", "node", "department"):
+            if flow.get(name):
+                claims[name] = flow[name]
+        id_token = sign({**claims, "aud": flow["client_id"]})
+        return JSONResponse(
+            {
+                "access_token": sign(claims),
+                "id_token": id_token,
+                "token_type": "Bearer",
+                "expires_in": 3600,
+            }
+        )
+
     async def token(request: Request) -> JSONResponse:
         form = dict(await request.form())
-        if form.pop("grant_type", None) != "client_credentials":
+        grant = form.pop("grant_type", None)
+        if grant == "authorization_code":
+            return redeem(form)
+        if grant != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
         now = int(time.time())
         lifetime = int(form.pop("expires_in", 300))
@@ -88,10 +152,8 @@ def _app(port: int) -> Any:
         }
         for name, value in form.items():  # further claims, e.g. roles, node, department
             claims[name] = json.loads(value) if value[:1] in "[{" else value
-        kid, key = keys[-1]
-        signed = jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
         return JSONResponse(
-            {"access_token": signed, "token_type": "Bearer", "expires_in": lifetime}
+            {"access_token": sign(claims), "token_type": "Bearer", "expires_in": lifetime}
         )
 
     async def rotate(request: Request) -> JSONResponse:
@@ -103,6 +165,7 @@ def _app(port: int) -> Any:
             Route("/.well-known/openid-configuration", discovery),
             Route("/jwks", jwks),
             Route("/token", token, methods=["POST"]),
+            Route("/authorize", authorize, methods=["GET", "POST"]),
             Route("/rotate", rotate, methods=["POST"]),
         ]
     )

@@ -1,0 +1,597 @@
+"""``yunnao demo``: a city and two districts on one machine, linked by the cascade.
+
+It starts three real ``yunnao serve`` processes on embedded defaults, each with its own
+data dir (SQLite store, embedded MLflow, node key) under ``--dir``:
+
+- ``sd.qd`` (the city) with plugins off, on ``--port``;
+- ``sd.qd.shinan`` and ``sd.qd.laoshan`` (districts) on the next two ports, each
+  publishing the installed example plugins on start (``serve --publish-plugins``).
+
+Then it links them with the commands an operator would type (``yunnao cascade
+add-child`` at the city, ``add-parent --follow`` at each district), run in-process so
+that each signs its admin token with the node's own key, waits until the city lists
+every capability its districts publish, calls one through the city, prints where to
+look and what to try, and keeps the nodes running until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from .admin_client import admin_token
+from .cascade_cli import cascade
+
+CITY = ("sd.qd", "青岛市")
+DISTRICTS = (("sd.qd.shinan", "市南区"), ("sd.qd.laoshan", "崂山区"))
+STOP_GRACE = 20.0  # seconds a node may take to shut down before it is killed
+LOG_TAIL = 40  # lines of a failed node's log that are shown
+
+
+class DemoFailed(Exception):
+    """A step failed; ``node`` is the node whose log tells why."""
+
+    def __init__(self, node: DemoNode, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+
+class _Stop(BaseException):
+    """SIGTERM: stop like on Ctrl-C."""
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop
+
+
+@dataclass(eq=False)
+class DemoNode:
+    """One ``yunnao serve`` process of the demo and its directory."""
+
+    node_id: str
+    title: str
+    role: str  # city | district
+    host: str
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log: IO[bytes] | None = field(default=None, repr=False)
+    _terminated: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        """Where clients (and the other nodes) reach it."""
+        return f"http://{_connect_host(self.host)}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "serve.log"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            sys.executable,
+            "-m",
+            "yunnao",
+            "serve",
+            "--node-id",
+            self.node_id,
+            "--data-dir",
+            str(self.data_dir),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+        env = {**os.environ, "YUNNAO_NODE_TITLE": self.title}
+        if self.role == "district":
+            args.append("--publish-plugins")
+        else:
+            env["YUNNAO_PLUGINS"] = "false"  # the city only holds what its districts send
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop())
+        # Its own session: Ctrl-C in the terminal reaches only the demo, which stops
+        # the nodes in order (and a kill takes the node's own child processes too).
+        self.proc = subprocess.Popen(
+            args,
+            cwd=self.data_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def log_tail(self, lines: int = LOG_TAIL) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def terminate(self) -> None:
+        """Ask the node to shut down (SIGTERM: uvicorn finishes its requests first)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._terminated = True
+            self.proc.terminate()
+
+    def stop(self, deadline: float) -> str:
+        """Wait until ``deadline`` for the node to exit after :meth:`terminate`, then
+        kill it; says how it ended."""
+        proc = self.proc
+        if proc is None:
+            return "not started"
+        if not self._terminated:
+            how = f"had exited with status {proc.wait()}"
+        else:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                how = "stopped"
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                how = f"killed (not stopped within {STOP_GRACE:.0f} s)"
+        if self._log is not None:
+            self._log.close()
+        return how
+
+
+def _connect_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _plan(root: Path, host: str, port: int) -> list[DemoNode]:
+    city_id, city_title = CITY
+    nodes = [DemoNode(city_id, city_title, "city", host, port, root / city_id)]
+    for offset, (node_id, title) in enumerate(DISTRICTS, start=1):
+        nodes.append(DemoNode(node_id, title, "district", host, port + offset, root / node_id))
+    return nodes
+
+
+def _check_ports(nodes: list[DemoNode]) -> None:
+    for node in nodes:
+        family = socket.AF_INET6 if ":" in node.host else socket.AF_INET
+        with socket.socket(family) as sock:
+            # As uvicorn binds: a port in TIME_WAIT from the last run is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((node.host, node.port))
+            except OSError as exc:
+                raise click.UsageError(
+                    f"cannot listen on {node.host}:{node.port} for {node.node_id} "
+                    f"({exc.strerror}): is a demo still running? Stop it, or pass --port "
+                    "(the demo takes that port and the next two)"
+                ) from None
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(finished_text="[green]✓[/green]"),
+        TextColumn("{task.description}"),
+        TextColumn("[dim]{task.fields[note]}[/dim]"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _start(nodes: list[DemoNode], progress: Progress, timeout: float) -> None:
+    """Start every node and wait until each answers ``/readyz`` (a district publishes
+    its plugins before it is ready)."""
+    tasks: dict[DemoNode, TaskID] = {}
+    for node in nodes:
+        what = "publishing examples" if node.role == "district" else "the city, no plugins"
+        tasks[node] = progress.add_task(f"starting {node.node_id}, {what}", total=1, note=node.url)
+        node.start()
+    pending = list(nodes)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(trust_env=False, timeout=2) as client:
+        while pending:
+            for node in list(pending):
+                code = node.exited()
+                if code is not None:
+                    raise DemoFailed(node, f"yunnao serve exited with status {code} on start")
+                try:
+                    ready = client.get(f"{node.url}/readyz").status_code == 200
+                except httpx.HTTPError:
+                    ready = False
+                if ready:
+                    pending.remove(node)
+                    progress.update(tasks[node], completed=1)
+            if pending and time.monotonic() > deadline:
+                raise DemoFailed(pending[0], f"not ready after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def _cascade_cli(node: DemoNode, *args: str) -> dict[str, Any]:
+    """Run ``yunnao cascade ARGS --json`` at ``node`` in-process, as its operator would
+    on the node's machine (the command signs its admin token with the key in the data
+    dir), and return what it prints."""
+    argv = [*args, "--url", node.url, "--node-id", node.node_id, "--data-dir", str(node.data_dir)]
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            cascade.main([*argv, "--json"], prog_name="yunnao cascade", standalone_mode=False)
+    except click.ClickException as exc:
+        raise DemoFailed(node, f"yunnao cascade {' '.join(args)}: {exc.format_message()}") from None
+    return json.loads(printed.getvalue())
+
+
+def _link(city: DemoNode, districts: list[DemoNode], progress: Progress) -> None:
+    """The city pulls each district; each district accepts the city as its parent and
+    follows it (so it sees the city's catalog: its own and its sibling's entries).
+    Linking again on a later start only refreshes the URLs; checkpoints are kept."""
+    steps = []
+    for d in districts:
+        pull = ("add-child", d.node_id, "--child-url", d.url)
+        follow = ("add-parent", city.node_id, "--parent-url", city.url, "--follow")
+        steps.append((f"{city.node_id} pulls {d.node_id}", city, pull))
+        steps.append((f"{d.node_id} follows its parent {city.node_id}", d, follow))
+    for description, node, args in steps:
+        task = progress.add_task(description, total=1, note=f"cascade {args[0]}")
+        peer = _cascade_cli(node, *args)
+        # The key's fingerprint, as `yunnao cascade node` shows it on the other side.
+        note = f"cascade {args[0]}, key {peer['public_key'][:8]}…"
+        progress.update(task, completed=1, note=note)
+
+
+def _catalog(client: httpx.Client, at: DemoNode, origin: str) -> dict[str, str | None]:
+    """``id -> latest version`` of the capabilities from ``origin`` that ``at``'s admin
+    sees, less restricted ones (they never leave their node)."""
+    token = admin_token(None, at.node_id, str(at.data_dir), at.url)
+    found: dict[str, str | None] = {}
+    page = 1
+    while True:
+        resp = client.get(
+            f"{at.url}/v1/capabilities",
+            params={"node": origin, "per_page": 100, "page": page},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        resp.raise_for_status()
+        data = resp.json()
+        for item in data["items"]:
+            if item["classification"] != "restricted":
+                found[item["id"]] = item["latest_version"]
+        if page * data["per_page"] >= data["total"]:
+            return found
+        page += 1
+
+
+def _wait_for_city(
+    city: DemoNode, districts: list[DemoNode], progress: Progress, timeout: float
+) -> dict[str, int]:
+    """Wait until the city lists every shared capability of each district, at the
+    district's latest versions; returns the count per district."""
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        wanted: dict[DemoNode, set[tuple[str, str | None]]] = {}
+        for d in districts:
+            try:
+                wanted[d] = set(_catalog(client, d, d.node_id).items())
+            except httpx.HTTPError as exc:
+                raise DemoFailed(d, f"cannot list its catalog: {exc}") from None
+            if not wanted[d]:
+                raise DemoFailed(
+                    d,
+                    "published no capabilities: are the example plugins installed? "
+                    "(`make demo` installs examples/*)",
+                )
+        tasks = {
+            d: progress.add_task(
+                f"{city.node_id} lists {d.node_id}'s capabilities",
+                total=len(wanted[d]),
+                note=f"0/{len(wanted[d])}",
+            )
+            for d in districts
+        }
+        deadline = time.monotonic() + timeout
+        pending = list(districts)
+        last_error = ""
+        while pending:
+            for d in list(pending):
+                try:
+                    have = set(_catalog(client, city, d.node_id).items())
+                except httpx.HTTPError as exc:
+                    last_error = f" (last error: {exc})"
+                    continue
+                done = len(wanted[d] & have)
+                progress.update(tasks[d], completed=done, note=f"{done}/{len(wanted[d])}")
+                if done == len(wanted[d]):
+                    pending.remove(d)
+            if pending and time.monotonic() > deadline:
+                d = pending[0]
+                raise DemoFailed(
+                    city,
+                    f"after {timeout:.0f} s it still lacks capabilities of {d.node_id}"
+                    f"{last_error}; see `yunnao cascade status` at the city",
+                )
+            if pending:
+                time.sleep(0.3)
+    return {d.node_id: len(wanted[d]) for d in districts}
+
+
+@dataclass(frozen=True)
+class Example:
+    """A public district capability and one of its published example inputs."""
+
+    district: str
+    ref: str
+    input: Any
+
+
+def _pick_example(city: DemoNode, districts: list[DemoNode]) -> Example | None:
+    """The public capability of the first district (that has one) with the shortest
+    published example input, as the city describes it to anyone."""
+    with httpx.Client(base_url=city.url, trust_env=False, timeout=10) as client:
+        for d in districts:
+            items = client.get(
+                "/v1/capabilities",
+                params={"node": d.node_id, "classification": "public", "per_page": 100},
+            ).json()["items"]
+            candidates = []
+            for item in sorted(items, key=lambda i: i["id"]):
+                if not item["latest_version"]:
+                    continue
+                version = client.get(
+                    f"/v1/capabilities/{item['id']}/versions/{item['latest_version']}"
+                ).json()
+                for example in version.get("examples", []):
+                    size = len(json.dumps(example["input"]))
+                    candidates.append((size, item["id"], example["input"]))
+            if candidates:
+                _, ref, example_input = min(candidates, key=lambda c: c[0])
+                return Example(d.node_id, ref, example_input)
+    return None
+
+
+def _try_call(city: DemoNode, example: Example, progress: Progress) -> None:
+    """Call the example through the city: it must be forwarded to its district."""
+    task = progress.add_task(f"call at {city.node_id}: {example.ref}", total=1, note="")
+    started = time.monotonic()
+    try:
+        resp = httpx.post(
+            f"{city.url}/v1/invoke/{example.ref}",
+            json={"input": example.input},
+            timeout=60,
+            trust_env=False,
+        )
+    except httpx.HTTPError as exc:
+        raise DemoFailed(city, f"calling {example.ref}: {exc}") from None
+    if resp.status_code != 200:
+        raise DemoFailed(city, f"calling {example.ref} answered {resp.status_code}: {resp.text}")
+    took = time.monotonic() - started
+    progress.update(task, completed=1, note=f"200 in {took:.1f} s")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory if inside."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _yunnao_command() -> str:
+    script = Path(sys.executable).parent / "yunnao"
+    on_path = shutil.which("yunnao")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "yunnao"
+    return _shown(script) if script.exists() else "yunnao"
+
+
+def _summary(
+    console: Console,
+    city: DemoNode,
+    nodes: list[DemoNode],
+    counts: dict[str, int],
+    example: Example | None,
+) -> None:
+    console.print()
+    console.print("[bold]Yunnao city demo[/bold]: three nodes, linked")
+    for node in nodes:
+        # One line per fact, never cut: URLs must stay whole in a narrow terminal.
+        console.print(f"\n  [bold]{node.node_id}[/bold] {node.title} ({node.role})")
+        console.print(f"    web catalog  {node.url}/", soft_wrap=True)
+        console.print(f"    API docs     {node.url}/openapi.json", soft_wrap=True)
+        console.print(f"    log          {_shown(node.log_path)}", soft_wrap=True)
+    listed = ", ".join(f"{n} of {d}" for d, n in counts.items())
+    console.print(
+        f"\nThe city lists its districts' capabilities ({listed}; anonymous callers see the "
+        "public ones), and a call of one at the city runs in its district.\n"
+    )
+    yunnao = _yunnao_command()
+    first = next(n for n in nodes if n.role == "district")
+    commands = [
+        (
+            f"# {first.node_id}'s capabilities, found at the city",
+            f"{yunnao} search --url {city.url} --node {first.node_id}",
+        ),
+    ]
+    if example is not None:
+        body = json.dumps({"input": example.input}, ensure_ascii=False, separators=(",", ":"))
+        commands.append(
+            (
+                f"# call {example.ref} at the city: forwarded to {example.district}",
+                f"curl -s -X POST {city.url}/v1/invoke/{example.ref} "
+                f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
+            )
+        )
+    commands.append(
+        (
+            "# the city's links to its districts and their sync state",
+            f"{yunnao} cascade status --url {city.url} --node-id {city.node_id} "
+            f"--data-dir {shlex.quote(_shown(city.data_dir))}",
+        )
+    )
+    console.print("Try:")
+    for comment, command in commands:
+        console.print(f"  {comment}", style="dim", markup=False, soft_wrap=True)
+        console.print(f"  {command}", markup=False, soft_wrap=True)
+    console.print()
+    console.print(
+        f"demo ready: city {city.url}/ (Ctrl-C stops the three nodes)",
+        style="bold",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _watch(nodes: list[DemoNode]) -> None:
+    """Return never: raise if a node exits on its own."""
+    while True:
+        for node in nodes:
+            code = node.exited()
+            if code is not None:
+                raise DemoFailed(node, f"yunnao serve exited with status {code}")
+        time.sleep(0.5)
+
+
+def _stop_all(console: Console, nodes: list[DemoNode]) -> None:
+    running = [n for n in nodes if n.proc is not None]
+    if not running:
+        return
+    console.print(f"stopping {', '.join(n.node_id for n in running)} …")
+    for node in running:
+        node.terminate()
+    deadline = time.monotonic() + STOP_GRACE
+    for node in running:
+        console.print(f"  {node.node_id}: {node.stop(deadline)}")
+
+
+def _remove_state(nodes: list[DemoNode]) -> None:
+    # Only the nodes' own directories: --dir may hold anything else.
+    for node in nodes:
+        if node.data_dir.exists():
+            shutil.rmtree(node.data_dir)
+
+
+@click.command()
+@click.option(
+    "--dir",
+    "directory",
+    default="./var/demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory with one subdirectory per node (store, MLflow, key, serve.log); "
+    "kept between runs, so a second start is fast and keeps what you did",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the three nodes listen on",
+)
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(1, 65533),
+    help="The city's port; the districts take the next two",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Delete the nodes' directories under --dir first: start from empty stores",
+)
+@click.option(
+    "--timeout",
+    default=180.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds to wait for the nodes to be ready, and for the city to list the "
+    "districts' capabilities",
+)
+def demo(directory: str, host: str, port: int, fresh: bool, timeout: float) -> None:
+    """Run a city and two districts on this machine, linked into a cascade.
+
+    \b
+    Starts three `yunnao serve` processes on embedded defaults (SQLite, MLflow and a
+    node key in each node's own directory under --dir, its log in serve.log there):
+      sd.qd          the city, plugins off                  on --port
+      sd.qd.shinan   a district, example plugins published  on --port + 1
+      sd.qd.laoshan  a district, example plugins published  on --port + 2
+    links them (the city pulls each district; each district follows the city), waits
+    until the city lists the districts' capabilities, calls one through the city, and
+    prints the nodes' URLs and commands to try. Ctrl-C (or SIGTERM) stops the nodes.
+    YUNNAO_* settings in the environment are ignored.
+
+    \b
+    Examples:
+      yunnao demo                          # city on http://127.0.0.1:8000/
+      yunnao demo --port 9000 --fresh      # on 9000-9002, from empty stores
+    """
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    # Each node runs on embedded defaults in its own directory, whatever the shell's
+    # YUNNAO_* settings point at (a store, an MLflow server, a key file): the nodes
+    # inherit this environment, and the cascade commands run here read it too.
+    for name in [n for n in os.environ if n.startswith("YUNNAO_")]:
+        del os.environ[name]
+    root = Path(directory).resolve()
+    nodes = _plan(root, host, port)
+    city, districts = nodes[0], nodes[1:]
+    _check_ports(nodes)
+    if fresh:
+        _remove_state(nodes)
+    previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_stop)
+    ready, code = False, 0
+    try:
+        with _progress(console) as progress:
+            _start(nodes, progress, timeout)
+            _link(city, districts, progress)
+            counts = _wait_for_city(city, districts, progress, timeout)
+            try:
+                example = _pick_example(city, districts)
+            except httpx.HTTPError as exc:
+                raise DemoFailed(city, f"cannot read its catalog: {exc}") from None
+            if example is not None:
+                _try_call(city, example, progress)
+        _summary(console, city, nodes, counts, example)
+        ready = True
+        _watch(nodes)
+    except (KeyboardInterrupt, _Stop):
+        console.print()
+        code = 0 if ready else 130
+    except DemoFailed as exc:
+        node = exc.node
+        console.print(
+            f"[red]✗[/red] {node.role} {node.node_id} ({node.url}) failed: {exc.message}",
+            soft_wrap=True,
+        )
+        console.print(f"last lines of {_shown(node.log_path)}:", style="bold")
+        console.print(node.log_tail() or "(empty)", markup=False, soft_wrap=True)
+        console.print(
+            "Fix the cause and run the demo again; --fresh starts from empty stores.",
+            style="dim",
+        )
+        code = 1
+    finally:
+        # A second Ctrl-C must not leave nodes behind; stopping is bounded anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            _stop_all(console, nodes)
+        finally:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
+    sys.exit(code)
