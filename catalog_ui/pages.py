@@ -19,7 +19,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from yunnao.plugins.errors import Forbidden, NotFound, ValidationFailed, YunnaoError
+from yunnao.cascade.peers import PeerStatus
+from yunnao.plugins.errors import FieldError, Forbidden, NotFound, ValidationFailed, YunnaoError
 from yunnao.registry import access, names, schemas, search, tokens
 from yunnao.registry.access import Action, Identity
 from yunnao.registry.auth import SESSION_COOKIE, identity_of
@@ -302,7 +303,7 @@ async def operators(request: Request) -> Response:
     cascade = request.app.state.cascade
     history = request.app.state.lag_history
     _ = i18n.translator(i18n.language(request))
-    peers = [await _run(_peer_status, p) for p in await _run(cascade.peers.all)]
+    peers = [PeerStatus.of(p) for p in await _run(cascade.peers.all)]
     lag_charts = {}
     for peer in peers:
         samples = history.of(peer.id)
@@ -338,12 +339,6 @@ async def operators(request: Request) -> Response:
             if item.runtime != "remote"
         ],
     )
-
-
-def _peer_status(peer: Any) -> Any:
-    from yunnao.cascade.peers import PeerStatus
-
-    return PeerStatus.of(peer)
 
 
 # ---------------------------------------------------------------- sign-in, language
@@ -384,8 +379,6 @@ async def signin(request: Request) -> Response:
     if department is not None and not names.is_namespace(department):
         problems.append(("department", names.NAMESPACE_RULE))
     if problems:
-        from yunnao.plugins.errors import FieldError
-
         raise ValidationFailed(
             "; ".join(f"{f}: {m}" for f, m in problems),
             errors=[FieldError(f, m) for f, m in problems],

@@ -113,6 +113,11 @@ def test_search_facet_open_try_and_see_the_result(city: YunnaoProcess, page: Pag
     expect(page.locator("h1")).to_have_text("交通流量预测")
     expect(page.locator("table.schema").first).to_contain_text("counts")
     expect(page.locator("pre.snippet").first).to_contain_text("curl -X POST")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=city.url)
+    copy = page.locator('button[data-copy="snippet-curl"]')
+    copy.click()
+    expect(copy).to_have_text("已复制")
+    assert page.evaluate("navigator.clipboard.readText()").startswith("curl -X POST")
     # The form comes filled with the capability's example: run it as it is.
     page.get_by_role("button", name="运行").click()
     result = page.locator("#try-result .result")
