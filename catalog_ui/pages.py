@@ -164,7 +164,7 @@ async def home(request: Request) -> Response:
 # ---------------------------------------------------------------- one capability
 
 
-def _usage(request: Request, namespace: str, name: str) -> dict[str, Any] | None:
+def _usage(request: Request, namespace: str, name: str) -> dict[str, Any]:
     """Calls, errors and latency per day over the last 30 days (signed-in callers)."""
     today = datetime.now(UTC).date()
     since, until = today - timedelta(days=29), today + timedelta(days=1)
