@@ -38,13 +38,16 @@ class AuthMiddleware:
         request = Request(scope)
         header = request.headers.get("authorization")
         identity = ANONYMOUS
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if header is None and cookie and not scope["path"].startswith(_API_PREFIXES):
-            try:
-                identity = self.verify(cookie)
-            except YunnaoError:
-                identity = ANONYMOUS
-        elif header is not None:
+        if header is None:
+            # Pages only: API calls never parse cookies (and never act on them).
+            if not scope["path"].startswith(_API_PREFIXES):
+                cookie = request.cookies.get(SESSION_COOKIE)
+                if cookie:
+                    try:
+                        identity = self.verify(cookie)
+                    except YunnaoError:
+                        identity = ANONYMOUS
+        else:
             scheme, _, token = header.partition(" ")
             try:
                 if scheme.lower() != "bearer" or not token.strip():

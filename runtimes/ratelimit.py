@@ -101,17 +101,6 @@ class MemoryLimiter:
             return len(idle)
 
 
-# The table, for PostgresLimiter's first use and for the migration.
-RATE_BUCKET_DDL = """\
-CREATE TABLE IF NOT EXISTS rate_bucket (
-    key VARCHAR(400) NOT NULL PRIMARY KEY,
-    tokens DOUBLE PRECISION NOT NULL,
-    stamp DOUBLE PRECISION NOT NULL
-)"""
-
-# Arbitrary constant naming the lock that serializes creating the table.
-_PG_DDL_LOCK = 7_305_826_002
-
 # Lock the existing buckets in key order, refill them, and charge them all only if all
 # have a token. Autocommit makes it one transaction holding the row locks for one
 # statement only; losing its commit in a database crash costs nothing worth an fsync.
@@ -158,9 +147,8 @@ _T = TypeVar("_T")
 
 
 class PostgresLimiter:
-    """Buckets in PostgreSQL's ``rate_bucket`` table, created on first use if missing.
-    One statement per take once a bucket exists (three the first time). Database errors
-    propagate."""
+    """Buckets in PostgreSQL's ``rate_bucket`` table (migration 0006). One statement per
+    take once a bucket exists (two more the first time). Database errors propagate."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -196,26 +184,8 @@ class PostgresLimiter:
         return self._run(lambda conn: conn.execute(_PRUNE, {"idle": float(idle_seconds)}).rowcount)
 
     def _run(self, work: Callable[[sa.Connection], _T]) -> _T:
-        try:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                return work(conn)
-        except sa.exc.ProgrammingError as exc:
-            if not _undefined_table(exc):
-                raise
-        self.create_table()
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             return work(conn)
-
-    def create_table(self) -> None:
-        """Create ``rate_bucket`` if missing (processes racing to do so take turns)."""
-        with self.engine.begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_DDL_LOCK})
-            conn.exec_driver_sql(RATE_BUCKET_DDL)
-
-
-def _undefined_table(exc: sa.exc.DBAPIError) -> bool:
-    orig = exc.orig
-    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "42P01"
 
 
 def limiter_for(engine: sa.Engine) -> RateLimiter:

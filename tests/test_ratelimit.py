@@ -273,16 +273,6 @@ def test_postgres_unreachable_raises() -> None:
     engine.dispose()
 
 
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_postgres_creates_its_table_when_missing(pg_engine: sa.Engine) -> None:
-    with pg_engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE IF EXISTS rate_bucket")
-    limiter = PostgresLimiter(pg_engine)
-    assert limiter.prune() == 0
-    assert takes(limiter, [("k", Limit.parse("1/day burst 2"))], 3) == [True, True, False]
-
-
 def _pg_worker(
     url: str, index: int, buckets: list[tuple[str, str]], times: int, start: Any, out: Any
 ) -> None:

@@ -89,6 +89,19 @@ def shot(tmp_path: Path, request: pytest.FixtureRequest):
     return save
 
 
+def link(node: YunnaoProcess, node_id: str, *args: str) -> None:
+    """``yunnao cascade ARGS`` on ``node``'s machine (it signs with that node's key)."""
+    done = subprocess.run(
+        [YUNNAO, "cascade", *args, "--url", node.url],
+        cwd=node.cwd,
+        env={**os.environ, "YUNNAO_NODE_ID": node_id},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def sign_in(page: Page, base: str, role: str, subject: str = "王芳") -> None:
     page.goto(f"{base}/signin")
     page.get_by_label("姓名").fill(subject)
@@ -195,42 +208,8 @@ def test_the_operator_page_shows_a_childs_lag(
     district = YunnaoProcess(tmp_path / "district", "--node-id", DISTRICT)
     district.start(timeout=120)
     try:
-        link = subprocess.run(
-            [
-                YUNNAO,
-                "cascade",
-                "add-child",
-                DISTRICT,
-                "--child-url",
-                district.url,
-                "--url",
-                city.url,
-            ],
-            cwd=city.cwd,
-            env={**os.environ, "YUNNAO_NODE_ID": CITY},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert link.returncode == 0, link.stdout + link.stderr
-        back = subprocess.run(
-            [
-                YUNNAO,
-                "cascade",
-                "add-parent",
-                CITY,
-                "--parent-url",
-                city.url,
-                "--url",
-                district.url,
-            ],
-            cwd=district.cwd,
-            env={**os.environ, "YUNNAO_NODE_ID": DISTRICT},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert back.returncode == 0, back.stdout + back.stderr
+        link(city, CITY, "add-child", DISTRICT, "--child-url", district.url)
+        link(district, DISTRICT, "add-parent", CITY, "--parent-url", city.url)
         sign_in(page, city.url, "operator")
         # Lag is sampled every 10 s: reload until the child's chart has a point.
         deadline = time.monotonic() + 40
