@@ -26,7 +26,7 @@ from yunnao.plugins.errors import (
 from yunnao.registry.access import Action, require
 from yunnao.registry.api import Endpoint
 from yunnao.registry.auth import identity_of
-from yunnao.registry.http import json_response, parse_query, read_model
+from yunnao.registry.http import MAX_JSON_DEPTH, json_response, parse_query, read_model
 
 from .apply import Applier
 from .compaction import compact
@@ -180,7 +180,9 @@ class Checkpoint(BaseModel):
 async def ingest(request: Request) -> Response:
     cascade = _cascade(request)
     child = await anyio.to_thread.run_sync(_linked, request, "child")
-    batch = await read_model(request, IngestBatch, cascade.max_batch_bytes)
+    # Items wrap entries a department published (up to MAX_JSON_DEPTH deep) in a few levels.
+    depth = MAX_JSON_DEPTH + 32
+    batch = await read_model(request, IngestBatch, cascade.max_batch_bytes, max_depth=depth)
     if batch.next < batch.since or batch.head < batch.next:
         raise ValidationFailed(
             "a batch runs from since to next, at most head",

@@ -2,15 +2,21 @@
 and move the peer's checkpoint, all in one transaction.
 
 An item is applied only when it is well formed, its origin may send it through this
-peer (:func:`~yunnao.cascade.policy.refusal`), this node holds a key for its origin
-and the signature and content hash check out. Anything else is rejected: logged,
+peer (:func:`~yunnao.cascade.policy.refusal`), it touches no entry of this node's own
+and no replica that came through another linked peer, this node holds a key for its
+origin and the signature and content hash check out. Anything else is rejected: logged,
 counted on the peer and kept in ``cascade_rejection``, never applied. An item no newer
 than what this node already applied from the same origin is skipped, so a batch read
 twice changes nothing.
+
+What a rejection keeps is bounded, since the peer chooses what it sends: the first
+:data:`KEPT_PER_BATCH` of a batch are kept (each item cut to :data:`KEPT_ITEM_CHARS`),
+the rest only counted; peer-supplied text is logged escaped, one line per rejection.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +40,11 @@ from .signing import verify
 log = logging.getLogger("yunnao.cascade")
 
 _peer = Peer.__table__  # type: ignore[attr-defined]
+
+KEPT_PER_BATCH = 100  # rejections of one batch kept in cascade_rejection; the rest counted
+KEPT_ITEM_CHARS = 4096  # of a rejected item's JSON kept with it
+LOGGED_PER_BATCH = 20  # rejections of one batch logged one by one; the rest summed up
+_REASON_CHARS = 500  # the column's size
 
 
 class CheckpointMoved(Conflict):
@@ -96,20 +107,21 @@ class Applier:
             _at_checkpoint(s, peer, since)
             keys = replica.node_keys(s)
             linked = frozenset(s.execute(sa.select(_peer.c.id)).scalars())
-            done = replica.last_applied(
-                s,
-                [
-                    (i["entity"], i["key"])
-                    for i in items
-                    if isinstance(i, dict)
-                    and isinstance(i.get("entity"), str)
-                    and isinstance(i.get("key"), str)
-                ],
+            keyed = [
+                (i["entity"], i["key"])
+                for i in items
+                if isinstance(i, dict)
+                and isinstance(i.get("entity"), str)
+                and isinstance(i.get("key"), str)
+            ]
+            done = replica.last_applied(s, keyed)
+            held = replica.holders(
+                s, [_cap_pair(key) for entity, key in keyed if entity in ("capability", "version")]
             )
             accepted = [
                 item
                 for raw in items
-                if (item := self._check(peer, raw, keys, linked, done, outcome)) is not None
+                if (item := self._check(peer, raw, keys, linked, done, held, outcome)) is not None
             ]
             self._store(s, peer, accepted, outcome)
             self.checkpoint(
@@ -122,27 +134,49 @@ class Applier:
                 rejected=len(outcome.rejected),
                 caught_up=advance and next_seq >= head,
             )
-            for reason, raw in outcome.rejected:
+            for reason, raw in outcome.rejected[:KEPT_PER_BATCH]:
                 s.add(
                     Rejection(
                         peer=peer.id,
                         origin=_text(raw, "origin", 330),
                         entity=_text(raw, "entity", 16),
                         key=_text(raw, "key", 600),
-                        reason=reason[:500],
-                        item=raw,
+                        reason=_clip(reason, _REASON_CHARS),
+                        item=_kept(raw),
                     )
                 )
-        for reason, raw in outcome.rejected:
+            left = len(outcome.rejected) - KEPT_PER_BATCH
+            if left > 0:
+                s.add(
+                    Rejection(
+                        peer=peer.id,
+                        reason=f"{left} more rejected items of this batch were not kept "
+                        f"(only the first {KEPT_PER_BATCH} of a batch are)",
+                        item={"not_kept": left},
+                    )
+                )
+        self._log_rejections(peer, outcome.rejected)
+        return outcome
+
+    @staticmethod
+    def _log_rejections(peer: Peer, rejected: list[tuple[str, dict[str, Any]]]) -> None:
+        # Every value a peer chose is logged as a quoted literal: no newline or control
+        # character of its own ever reaches the log, so it cannot forge a log line.
+        for reason, raw in rejected[:LOGGED_PER_BATCH]:
             log.warning(
                 "rejected %s %s from %s (origin %s): %s",
-                _text(raw, "entity"),
-                _text(raw, "key"),
+                _quoted(_text(raw, "entity", 16)),
+                _quoted(_text(raw, "key", 200)),
                 peer.id,
-                _text(raw, "origin"),
-                reason,
+                _quoted(_text(raw, "origin", 200)),
+                _quoted(_clip(reason, _REASON_CHARS)),
             )
-        return outcome
+        if len(rejected) > LOGGED_PER_BATCH:
+            log.warning(
+                "rejected %d more items from %s (see the peer's rejections)",
+                len(rejected) - LOGGED_PER_BATCH,
+                peer.id,
+            )
 
     def checkpoint(
         self,
@@ -229,6 +263,7 @@ class Applier:
         keys: dict[str, str],
         linked: frozenset[str],
         done: dict[tuple[str, str], tuple[str, int]],
+        held: dict[tuple[str, str], tuple[str | None, bool]],
         outcome: Outcome,
     ) -> dict[str, Any] | None:
         """``raw`` when it may be applied; otherwise None, with the rejection or skip
@@ -250,6 +285,10 @@ class Applier:
             else:
                 outcome.skipped += 1
             return None
+        taken = self._taken(peer, entity, key, held, linked)
+        if taken is not None:
+            outcome.rejected.append((taken, item))
+            return None
         hex_key = keys.get(origin)
         if hex_key is None:
             outcome.rejected.append((f"no registered key for origin {origin}", item))
@@ -268,6 +307,29 @@ class Applier:
         if entity == "node":  # its key verifies the items after it
             keys[item["entry"]["id"]] = item["entry"]["public_key"]
         return item
+
+    def _taken(
+        self,
+        peer: Peer,
+        entity: str,
+        key: str,
+        held: dict[tuple[str, str], tuple[str | None, bool]],
+        linked: frozenset[str],
+    ) -> str | None:
+        """Why an item from ``peer`` may not touch the capability it names here, or None:
+        a peer changes only replicas it sent itself (or none yet), never this node's own
+        entries, and never a live replica another linked peer sent."""
+        if entity not in ("capability", "version"):
+            return None
+        found = held.get(_cap_pair(key))
+        if found is None:
+            return None
+        via, live = found
+        if via is None:
+            return f"{_cap_key(key)} is this node's own entry: no linked node may change it"
+        if live and via != peer.id and via in linked:
+            return f"{_cap_key(key)} came through {via}, not through {peer.id}"
+        return None
 
     def _store(
         self, s: Session, peer: Peer, accepted: list[dict[str, Any]], outcome: Outcome
@@ -322,6 +384,35 @@ def _at_checkpoint(s: Session, peer: Peer, since: int) -> None:
     current = s.execute(sa.select(_peer.c.checkpoint).where(_peer.c.id == peer.id)).scalar_one()
     if current != since:
         raise CheckpointMoved(peer.id, since, current)
+
+
+def _cap_key(key: str) -> str:
+    return key.split("@", 1)[0]
+
+
+def _cap_pair(key: str) -> tuple[str, str]:
+    namespace, _, name = _cap_key(key).partition("/")
+    return namespace, name
+
+
+def _clip(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: size - 12] + " [truncated]"
+
+
+def _quoted(text: str | None) -> str:
+    """``text`` as one JSON string literal, every character that is not printable (line
+    and paragraph separators included) escaped."""
+    literal = json.dumps(text, ensure_ascii=False)
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in literal)
+
+
+def _kept(raw: Any) -> Any:
+    """What a rejection keeps of the item: itself when small, else the start of its JSON
+    marked as cut (a peer must not fill this node's store with its rejections)."""
+    text = json.dumps(raw, default=repr)  # ASCII: what is kept is as long as it looks
+    if len(text) <= KEPT_ITEM_CHARS:
+        return raw
+    return {"truncated": True, "chars": len(text), "start": text[:KEPT_ITEM_CHARS]}
 
 
 def _text(raw: Any, name: str, size: int = 600) -> str | None:

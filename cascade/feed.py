@@ -9,7 +9,9 @@ Replication is state-based: an upsert whose entity has changed again since is le
 
 Items this node applied from a peer are passed on exactly as they arrived, so a node
 further up verifies their origin's own signature; what may go to whom is
-:mod:`~yunnao.cascade.policy`'s.
+:mod:`~yunnao.cascade.policy`'s. A capability a following child may no longer have
+(narrowed to ``internal`` or ``restricted`` since) goes to it as a tombstone this node
+signs, so the copy it may hold from before goes too.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from yunnao.registry.db import read_session
 from yunnao.registry.hashing import content_hash
 from yunnao.registry.tables import CapabilityRow, CascadeState, Change, Namespace, VersionRow
 
-from .policy import Reader, may_send, share_of
+from .policy import Reader, may_send, share_of, withdrawn
 from .signing import sign
 
 META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
@@ -148,13 +150,34 @@ class Feed:
                 select(Change).where(col(Change.seq) > since).order_by(col(Change.seq)).limit(limit)
             ).all()
             head = s.exec(select(sa.func.max(Change.seq))).one() or 0
-            items = [
-                i
-                for i in self._items(s, rows)
-                if may_send(i, this_node=self.node_id, reader=reader)
-            ]
+            items: list[dict[str, Any]] = []
+            withdrawals: set[int] = set()
+            for seq, item in self._items(s, rows):
+                if may_send(item, this_node=self.node_id, reader=reader):
+                    items.append(item)
+                elif seq not in withdrawals and withdrawn(
+                    item, this_node=self.node_id, reader=reader
+                ):
+                    withdrawals.add(seq)
+                    items.append(self._withdrawal(item, seq))
             last = rows[-1].seq if rows else since
         return FeedPage(items=items, next=max(last or since, since), head=head)
+
+    def _withdrawal(self, item: dict[str, Any], seq: int) -> dict[str, Any]:
+        """The tombstone a follower gets instead of ``item`` (the change ``seq`` of this
+        node's log): signed by this node, numbered in its log, so applying it twice is a
+        no-op and a later upsert of the entry from its origin still applies."""
+        entry = item["entry"]
+        return make_item(
+            self.key,
+            origin=self.node_id,
+            origin_seq=seq,
+            entity="capability",
+            item_key=item["key"],
+            op="delete",
+            entry={"namespace": entry["namespace"], "name": entry["name"]},
+            at=item["at"],
+        )
 
     def manifest(self) -> list[str]:
         """``namespace/name`` of every live capability this node's feed gives its parent:
@@ -176,8 +199,9 @@ class Feed:
 
     # ------------------------------------------------------------ items
 
-    def _items(self, s: Session, rows: list[Change]) -> list[dict[str, Any]]:
-        """The items of ``rows`` (in order), leaving out superseded changes."""
+    def _items(self, s: Session, rows: list[Change]) -> list[tuple[int, dict[str, Any]]]:
+        """The items of ``rows`` (in order), leaving out superseded changes, each with the
+        sequence number of its change here."""
         latest = _latest_seqs(s, {(r.entity, r.key) for r in rows} | _capability_keys(rows))
         local = [r for r in rows if r.item is None and latest.get((r.entity, r.key)) == r.seq]
         relayed_versions = [r for r in rows if r.item is not None and r.entity == "version"]
@@ -189,16 +213,20 @@ class Feed:
         spaces = _namespaces(s, [r.key for r in local if r.entity == "namespace"])
         early = _early_capability_rows(s, rows, latest)
         caps.update(_capabilities(s, [_cap_key(r.key) for r in early.values() if r.item is None]))
-        out: list[dict[str, Any]] = []
+        out: list[tuple[int, dict[str, Any]]] = []
         sent: set[tuple[str, int]] = set()
 
-        def add(item: dict[str, Any] | None) -> None:
+        def add(found: tuple[int, dict[str, Any] | None] | None) -> None:
+            if found is None:
+                return
+            seq, item = found
             if item is not None and (item["key"], item["origin_seq"]) not in sent:
                 sent.add((item["key"], item["origin_seq"]))
-                out.append(item)
+                out.append((seq, item))
 
         for change in rows:
-            if change.item is None and latest.get((change.entity, change.key)) != change.seq:
+            seq: int = change.seq  # type: ignore[assignment]
+            if change.item is None and latest.get((change.entity, change.key)) != seq:
                 continue  # superseded: a later change carries the newer state
             if change.item is not None:
                 # Passed on as it arrived. Node keys always go, in order, so a key
@@ -209,14 +237,14 @@ class Feed:
                         if row is None or row.deleted_at is not None:
                             continue  # its capability went since
                         add(self._early(early, change, caps))
-                    add(change.item)
+                    add((seq, change.item))
                 continue
             if change.entity == "version":
                 # The version's capability changed again later: send its current state
                 # first, so the receiver has the capability before its version. (The
                 # same item follows again at its own place, where it is a no-op.)
                 add(self._early(early, change, caps))
-            add(self._local_item(change, caps, versions, spaces))
+            add((seq, self._local_item(change, caps, versions, spaces)))
         return out
 
     def _early(
@@ -224,13 +252,14 @@ class Feed:
         early: dict[str, Change],
         change: Change,
         caps: dict[tuple[str, str], CapabilityRow],
-    ) -> dict[str, Any] | None:
+    ) -> tuple[int, dict[str, Any] | None] | None:
         cap_change = early.get(_cap_key_text(change.key))
         if cap_change is None or cap_change.seq < change.seq:  # type: ignore[operator]
             return None
+        seq: int = cap_change.seq  # type: ignore[assignment]
         if cap_change.item is not None:
-            return cap_change.item
-        return self._local_item(cap_change, caps, {}, {})
+            return seq, cap_change.item
+        return seq, self._local_item(cap_change, caps, {}, {})
 
     def _local_item(
         self,

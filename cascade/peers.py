@@ -241,6 +241,7 @@ class PeerKeys:
         self._version = -1
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._urls: dict[str, str | None] = {}
+        self._relations: dict[str, str] = {}
 
     def _fresh(self) -> None:
         now = time.monotonic()
@@ -252,6 +253,7 @@ class PeerKeys:
             p.id: Ed25519PublicKey.from_public_bytes(bytes.fromhex(p.public_key)) for p in linked
         }
         self._urls = {p.id: p.url for p in linked}
+        self._relations = {p.id: p.relation for p in linked}
         self._at, self._version = now, version
 
     def key(self, node: str) -> Ed25519PublicKey | None:
@@ -261,3 +263,9 @@ class PeerKeys:
     def url(self, node: str) -> str | None:
         self._fresh()
         return self._urls.get(node)
+
+    def relation(self, node: str) -> str | None:
+        """``child`` or ``parent``: what linked node ``node`` is to this one (None: not
+        linked). It decides whose callers the node may vouch for."""
+        self._fresh()
+        return self._relations.get(node)

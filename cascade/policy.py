@@ -10,6 +10,11 @@ where it is applied:
   child's own subtree, and ``internal`` entries only where their owner shares them
   sideways (its node's ``cascade_share_internal`` setting, signed into each entry).
 - ``restricted`` entries never leave their node.
+- An entry is only ever changed by its owner's side of the tree: a node's own subtree
+  never takes a change of its entries from its parent (a tombstone included), and a
+  capability names as its ``origin_node`` the node whose key signed it.
+- Narrowing withdraws: a capability a follower may no longer hold (made ``internal`` or
+  ``restricted``) goes to it as a tombstone this node signs (:func:`withdrawn`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from yunnao.registry.names import in_scope
+from yunnao.registry.names import in_scope, namespace_node
 
 
 def in_subtree(node: str, root: str) -> bool:
@@ -47,20 +52,45 @@ def share_of(classification: str, share_internal: bool) -> str:
     return "up"
 
 
+def owner_of(item: dict[str, Any]) -> str | None:
+    """The node that owns what ``item`` changes (None for a node's key)."""
+    if item["entity"] == "node":
+        return None
+    key = item["key"]
+    namespace = key if item["entity"] == "namespace" else key.split("/", 1)[0]
+    return namespace_node(namespace)
+
+
 def may_send(item: dict[str, Any], *, this_node: str, reader: Reader) -> bool:
     """Whether ``item`` (a feed item of this node) may go to ``reader``."""
     origin = item["origin"]
     entry = item.get("entry") or {}
+    owner = owner_of(item)
     if entry.get("classification") == "restricted":
         return False
     if reader.relation in ("parent", "operator"):
-        return in_subtree(origin, this_node)
+        # Not a tombstone this node signed for an entry from above (a resync's sweep of
+        # what its parent sent): the parent would refuse it.
+        return in_subtree(origin, this_node) and (owner is None or in_subtree(owner, this_node))
     assert reader.node is not None
-    if in_subtree(origin, reader.node):
+    if in_subtree(origin, reader.node) or (owner is not None and in_subtree(owner, reader.node)):
         return False  # the child's own entries, and its descendants'
     if item["entity"] == "node" and in_subtree(entry.get("id", ""), reader.node):
         return False
     return not (entry.get("classification") == "internal" and entry.get("share") != "all")
+
+
+def withdrawn(item: dict[str, Any], *, this_node: str, reader: Reader) -> bool:
+    """Whether ``item``, a capability ``reader`` may not have for its classification
+    alone, goes to it as a tombstone instead: a follower may hold a copy from before the
+    entry was narrowed, and leaving the item out would leave that copy behind."""
+    if reader.relation != "child" or item["entity"] != "capability" or item["op"] != "upsert":
+        return False
+    assert reader.node is not None
+    owner = owner_of(item)
+    if in_subtree(item["origin"], reader.node) or (owner and in_subtree(owner, reader.node)):
+        return False
+    return not may_send(item, this_node=this_node, reader=reader)
 
 
 def refusal(
@@ -86,16 +116,36 @@ def refusal(
         described = key
         if described == this_node or described in linked:
             return "this node registered that key itself", False
+        if relation == "parent" and in_subtree(described, this_node):
+            return (
+                f"node {described} is in this node's subtree: not the parent's to vouch for",
+                True,
+            )
         ancestor_or_parent = below(described, origin) or (relation == "parent" and origin == peer)
         if not ancestor_or_parent:
             return f"node {origin} may not vouch for the key of {described}", True
         return None
     namespace = key.split("/", 1)[0] if entity != "namespace" else key
-    owner = namespace.rsplit(".", 1)[0]
+    owner = namespace_node(namespace)
+    if relation == "parent" and in_subtree(owner, this_node):
+        # An ancestor never deletes (or changes) a node's own entries, nor those of the
+        # node's subtree, which reach it from below only.
+        return (
+            f"namespace {namespace} belongs to node {owner}, in this node's subtree: "
+            f"the parent {peer} may not change it"
+        ), True
     # A tombstone may also come from an ancestor of the owner: after reading a compacted
-    # feed again, a node deletes what its child no longer has and vouches for that.
-    if owner != origin and not (item["op"] == "delete" and below(owner, origin)):
+    # feed again, a node deletes what its child no longer has and vouches for that; and
+    # a followed parent withdraws what it passed on before (an entry narrowed since).
+    withdrawal = item["op"] == "delete" and (
+        below(owner, origin) or (relation == "parent" and origin == peer)
+    )
+    if owner != origin and not withdrawal:
         return f"namespace {namespace} belongs to node {owner}, not to origin {origin}", True
+    if entity == "capability" and item["op"] == "upsert" and entry.get("origin_node") != origin:
+        return (
+            f"entry names origin node {entry.get('origin_node')!r}, but {origin} signed it"
+        ), True
     if item["op"] == "upsert":
         classification = entry.get("classification")
         if classification == "restricted":

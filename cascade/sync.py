@@ -154,8 +154,10 @@ class Replicator:
                         message = f"cannot reach {peer.url}: {type(exc).__name__} {exc}".strip()
                     failures = await anyio.to_thread.run_sync(self.peers.failed, peer_id, message)
                     delay = backoff(failures)
+                    # The message may quote the peer's answer: logged as a literal, so
+                    # a peer cannot put lines of its own into this node's log.
                     log.warning(
-                        "%s %s failed (%d in a row, retrying in %.1f s): %s",
+                        "%s %s failed (%d in a row, retrying in %.1f s): %r",
                         activity,
                         peer_id,
                         failures,

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from yunnao.plugins.errors import FieldError, ValidationFailed
+from yunnao.plugins.errors import BadRequest, FieldError, ValidationFailed
+from yunnao.registry.http import parse_json
 
 _CONSTRAINTS = (
     ("minimum", "≥ {}"),
@@ -171,18 +172,22 @@ def parse(form: dict[str, str], controls: list[Field]) -> Any:
             continue
         if raw.strip() == "":
             continue  # left empty: absent, the schema says whether that is allowed
+        where = "input" if f.name == WHOLE else f"input.{f.name}"
         try:
             if f.control in ("json", "select"):
-                value: Any = json.loads(raw)
+                value: Any = parse_json(raw, what=where)
             elif f.control == "integer":
                 value = int(raw)
             elif f.control == "number":
                 value = float(raw)
             else:
                 value = raw
-        except ValueError:
-            what = "JSON" if f.control in ("json", "select") else f"an {f.control}"
-            where = "input" if f.name == WHOLE else f"input.{f.name}"
+        except BadRequest as exc:  # not JSON, nested too deep, a number too long
+            bad_json = "not valid JSON" in exc.detail
+            errors.append(FieldError(where, f"not JSON: {raw[:80]!r}" if bad_json else exc.detail))
+            continue
+        except ValueError:  # also an integer of more digits than Python converts
+            what = f"an {f.control}"
             errors.append(FieldError(where, f"not {what}: {raw[:80]!r}"))
             continue
         if f.name == WHOLE:

@@ -26,6 +26,7 @@ from yunnao.registry.access import Action, Identity
 from yunnao.registry.auth import SESSION_COOKIE, identity_of
 from yunnao.runtimes import usage_stats
 from yunnao.runtimes.v2 import tensor_specs
+from yunnao.settings import is_loopback
 
 from . import charts, forms, i18n, sso, text
 
@@ -53,7 +54,8 @@ def _render(request: Request, template: str, status: int = 200, **context: Any) 
         identity=identity,
         node_id=settings.node_id,
         node_title=settings.node_title or settings.node_id,
-        dev_signin=dev_signin_enabled(settings),
+        dev_signin_active=dev_signin_enabled(settings),
+        dev_signin=dev_signin_refusal(request) is None,
         may_operate=access.decide(
             identity, Action.READ_NODE, access.Entry(settings.node_id)
         ).allowed,
@@ -78,11 +80,33 @@ def _page(
 
 
 def dev_signin_enabled(settings: Any) -> bool:
-    """The dev sign-in (pick a role, get a node token) is for a node on embedded
-    defaults: on unless set, and never with a database or identity provider configured."""
-    if settings.ui_dev_signin is not None:
-        return bool(settings.ui_dev_signin)
-    return settings.database_url is None and settings.oidc_issuer is None
+    """The dev sign-in (pick a role, get a session) is for a node on embedded defaults on
+    loopback: on when set (or, unset, without a database or identity provider), and only
+    while the node listens on loopback (see :attr:`~yunnao.settings.Settings.dev_signin`)."""
+    return bool(settings.dev_signin)
+
+
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
+def dev_signin_refusal(request: Request) -> str | None:
+    """Why this request may not use the dev sign-in (None: it may). Besides the node's
+    setting, the request itself must come from this machine: a loopback client address,
+    and no proxy's forwarding headers (a proxy on this machine may relay the network)."""
+    settings = request.app.state.settings
+    if not dev_signin_enabled(settings):
+        if settings.ui_dev_signin and not is_loopback(settings.host):
+            return (
+                f"the dev sign-in is off on this node: it listens on {settings.host}, and the "
+                "dev sign-in works only on a node listening on loopback"
+            )
+        return "the dev sign-in is off on this node"
+    client = request.client.host if request.client else None
+    if not is_loopback(client):
+        return "the dev sign-in answers only requests made on this node's own machine"
+    if any(h in request.headers for h in _PROXY_HEADERS):
+        return "the dev sign-in does not answer requests relayed by a proxy"
+    return None
 
 
 def _check_origin(request: Request) -> None:
@@ -169,7 +193,11 @@ def _usage(request: Request, namespace: str, name: str) -> dict[str, Any]:
     today = datetime.now(UTC).date()
     since, until = today - timedelta(days=29), today + timedelta(days=1)
     rows = usage_stats.report(
-        request.app.state.usage_engine, since=since, until=until, namespaces=[namespace]
+        request.app.state.usage_engine,
+        since=since,
+        until=until,
+        namespaces=[namespace],
+        identity=identity_of(request),
     )
     mine = {r.day: r for r in rows if r.key == f"{namespace}/{name}"}
     days = [since + timedelta(days=i) for i in range(30)]
@@ -360,10 +388,17 @@ async def signin(request: Request) -> Response:
             next=_next(request),
             roles=access.ROLES,
             sso_enabled=request.app.state.sso is not None,
+            dev_signin_refused=dev_signin_refusal(request),
         )
     _check_origin(request)
-    if not dev_signin_enabled(settings):
-        raise Forbidden("the dev sign-in is off on this node: sign in with single sign-on")
+    refusal = dev_signin_refusal(request)
+    if refusal is not None:
+        how = (
+            "sign in with single sign-on"
+            if request.app.state.sso is not None
+            else "call the API with a node token (yunnao token create) or an API key"
+        )
+        raise Forbidden(f"{refusal}: {how}")
     form = await request.form()
     subject = str(form.get("subject", "")).strip()[:100]
     role = str(form.get("role", "consumer"))
@@ -383,15 +418,19 @@ async def signin(request: Request) -> Response:
             "; ".join(f"{f}: {m}" for f, m in problems),
             errors=[FieldError(f, m) for f, m in problems],
         )
-    key = request.app.state.node_key
-    token = tokens.issue(
-        key,
+    # A web page session (audience <node>#ui): the API refuses it as a bearer token.
+    token = tokens.issue_session(
+        request.app.state.node_key,
         node_id=settings.node_id,
-        subject=subject,
-        role=role,
-        scopes=[scope],
+        identity=Identity(
+            subject=subject,
+            role=role,
+            scopes=(scope,),
+            issuer=settings.node_id,
+            node=settings.node_id,
+            department=department,
+        ),
         ttl=timedelta(hours=SESSION_HOURS),
-        department=department,
     )
     response = RedirectResponse(_next(request), status_code=303)
     response.set_cookie(

@@ -5,8 +5,10 @@ code flow with PKCE (S256).
 fresh ``state`` and code challenge, kept (with the verifier, base64url JSON) in a
 short-lived cookie of this flow only;
 ``/signin/callback`` checks the state, redeems the code at the ``token_endpoint`` with
-the verifier, and keeps the access token as the session if the node accepts it (the
-same checks as any bearer token: issuer, audience, signature, expiry).
+the verifier, checks the access token as the node checks the provider's bearer tokens
+(issuer, audience, signature, expiry), and makes a web page session for the identity it
+carries: a node-signed token for the pages' audience (``<node>#ui``), never the provider's
+token itself, so the cookie's value is worth nothing as an API bearer token.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hmac
 import json
 import secrets
 import time
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from yunnao.plugins.errors import Forbidden, NotFound, Unauthorized, Unavailable
+from yunnao.registry import tokens
 from yunnao.registry.auth import SESSION_COOKIE
 
 FLOW_COOKIE = "yunnao_sso_flow"
@@ -119,22 +123,33 @@ async def callback(request: Request) -> Response:
         raise Unavailable(f"identity provider unreachable: {exc}") from None
     if answer.status_code != 200:
         raise Unauthorized(f"the identity provider did not redeem the code ({answer.status_code})")
-    token = str(answer.json().get("access_token", ""))
-    # The node's own check of any bearer token: a token it would refuse makes no session.
-    identity = await anyio.to_thread.run_sync(request.app.state.verify, token)
+    try:
+        token = str(answer.json().get("access_token", ""))
+    except (ValueError, AttributeError):
+        raise Unauthorized("the identity provider's answer holds no access token") from None
+    # The node's own check of the provider's bearer tokens: one it would refuse makes no
+    # session (and only the provider's own tokens count here).
+    identity = await anyio.to_thread.run_sync(sso.verify, token)
     if not identity.authenticated:
         raise Unauthorized("the identity provider's token names nobody")
     expires = jwt.decode(token, options={"verify_signature": False}).get("exp")
     lifetime = MAX_SESSION_SECONDS
     if isinstance(expires, int | float):
         lifetime = max(60, min(lifetime, int(expires - time.time())))
+    settings = request.app.state.settings
+    session = tokens.issue_session(
+        request.app.state.node_key,
+        node_id=settings.node_id,
+        identity=identity,
+        ttl=timedelta(seconds=lifetime),
+    )
     next_path = str(flow.get("next") or "/")
     if not next_path.startswith("/") or next_path.startswith("//"):
         next_path = "/"
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        token,
+        session,
         max_age=lifetime,
         httponly=True,
         samesite="lax",

@@ -138,6 +138,13 @@ class TooManyRequests(YunnaoError):
         self.retry_after = retry_after
 
 
+class LoopDetected(YunnaoError):
+    """A forwarded call would visit a node it has already visited (a binding loop
+    between linked nodes): refused at once rather than bounced on."""
+
+    status, slug, title = 508, "loop-detected", "Loop detected"
+
+
 class Unavailable(YunnaoError):
     """A dependency (database, runtime) is down; the caller may retry, after
     ``retry_after`` seconds when that is known (sent as ``Retry-After``)."""

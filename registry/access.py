@@ -24,19 +24,33 @@ Discovery combines the entry's **classification** with its own **access rules**
 
 - ``public``: anyone, anonymous callers included;
 - ``internal``: signed-in callers;
-- ``restricted``: only its namespace's staff and the subjects it names in ``grants``;
+- ``restricted``: only the **members** of the department that owns it and the subjects
+  it names in ``grants``;
 
 then, for public and internal entries, the ``discover`` rule (nodes, departments,
 roles) must match. Invoking needs discovery, a role that invokes, and the ``invoke``
-rule. Staff scoped to the entry's namespace and granted subjects are never narrowed
-by rules. Drafts and entries whose versions are all retired are seen only by those
-who may write their namespace. What a caller may not discover is answered as absent
-(404), so probing reveals nothing.
+rule. Members and granted subjects are never narrowed by rules.
+
+A scope says where a role applies, not whose staff the caller is: a consumer or author
+scoped to the whole node is not a member of each of its departments. A member belongs
+to the owning department: its department claim (of a department of the caller's own
+node) lies at or below the entry's namespace, or, for this node's own entries, one of
+its scopes does. Node admins and auditors scoped over the namespace keep sight of
+everything there for administration, and each request that saw an entry only through
+that sight is recorded in the audit log (:data:`SIGHT`).
+
+A grant names a subject together with the node that vouches for it (a plain subject is
+one of the node owning the entry), so the same subject name issued by another node, or
+claimed by a linked node for a caller, matches nothing. Drafts and entries whose
+versions are all retired are seen only by those who may write their namespace. What a
+caller may not discover is answered as absent (404), so probing reveals nothing.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -44,8 +58,8 @@ from typing import Any
 
 from yunnao.plugins.errors import Forbidden, NotFound, Unauthorized, YunnaoError
 
-from .names import in_scope
-from .schemas import Access, AccessRule
+from .names import in_scope, namespace_node
+from .schemas import Access, AccessRule, Grant
 
 ROLES: tuple[str, ...] = ("admin", "operator", "author", "consumer", "auditor")
 LISTED_STATUSES = ("published", "deprecated")
@@ -60,6 +74,9 @@ class Action(StrEnum):
     DELETE = "delete"
     GRANT = "grant"  # change an entry's access rules
     BIND = "bind"  # rebind a version to another runtime
+    # bind to a runtime that reaches outside the node (another node, host, URL,
+    # directory, cluster or model): see registry/bindings.py
+    BIND_EXTERNAL = "bind-external"
     READ_NODE = "read-node"  # cascade status, peers, rejections; metrics
     MANAGE_NODE = "manage-node"  # link and unlink nodes, compact, API keys
     AUDIT = "audit"  # read and verify the audit log
@@ -75,12 +92,28 @@ ROLE_ACTIONS: dict[Action, frozenset[str]] = {
     Action.DELETE: frozenset({"admin", "author"}),
     Action.GRANT: frozenset({"admin"}),
     Action.BIND: frozenset({"admin", "operator", "author"}),
+    Action.BIND_EXTERNAL: frozenset({"admin", "operator"}),
     Action.READ_NODE: frozenset({"admin", "operator"}),
     Action.MANAGE_NODE: frozenset({"admin"}),
     Action.AUDIT: frozenset({"admin", "auditor"}),
 }
-NODE_ACTIONS = frozenset({Action.READ_NODE, Action.MANAGE_NODE, Action.AUDIT})
+NODE_ACTIONS = frozenset({Action.READ_NODE, Action.MANAGE_NODE, Action.AUDIT, Action.BIND_EXTERNAL})
 WRITER_ROLES = ROLE_ACTIONS[Action.UPDATE]
+# Roles that keep sight of every entry in their scopes, for administration (audited).
+ADMINISTRATIVE_ROLES = frozenset({"admin", "auditor"})
+
+# The namespaces whose entries the current request saw only through administrative
+# sight. The audit middleware sets a fresh set per request; the policy adds to it (also
+# from worker threads, which run in a copy of the request's context holding that set).
+SIGHT: ContextVar[set[str] | None] = ContextVar("yunnao_sight", default=None)
+
+
+def note_sight(namespaces: Iterable[str]) -> None:
+    """Record that the current request saw entries of ``namespaces`` through
+    administrative sight only."""
+    seen = SIGHT.get()
+    if seen is not None:
+        seen.update(namespaces)
 
 
 @dataclass(frozen=True)
@@ -113,6 +146,27 @@ class Identity:
 
     def writes(self, namespace: str) -> bool:
         return self.role in WRITER_ROLES and self.in_scope(namespace)
+
+    @property
+    def own_department(self) -> str | None:
+        """The caller's department, if it is a department of the caller's own node (a
+        claim naming another node's department counts for nothing)."""
+        dept = self.department
+        if dept is None or self.node is None or namespace_node(dept) != self.node:
+            return None
+        return dept
+
+    def member_of(self, namespace: str, *, local: bool = True) -> bool:
+        """Does the caller belong to the department owning ``namespace``: its department
+        lies at or below it, or (``local``: this node's own entry) one of its scopes does?"""
+        dept = self.own_department
+        if dept is not None and in_scope(dept, namespace):
+            return True
+        return local and any(in_scope(s, namespace) for s in self.scopes)
+
+    def administers(self, namespace: str, *, local: bool = True) -> bool:
+        """Administrative sight: an admin or auditor scoped over this node's own entry."""
+        return local and self.role in ADMINISTRATIVE_ROLES and self.in_scope(namespace)
 
     def may_invoke(self, namespace: str, name: str) -> bool:
         """Within this API key's capability limit (always, for other credentials)."""
@@ -192,8 +246,23 @@ def matches(identity: Identity, rule: AccessRule) -> bool:
         return False
     if rule.nodes and not (identity.node and any(in_scope(identity.node, n) for n in rule.nodes)):
         return False
-    dept = identity.department
+    dept = identity.own_department
     return not rule.departments or bool(dept and any(in_scope(dept, d) for d in rule.departments))
+
+
+def grant_matches(identity: Identity, grant: str | Grant, owner: str) -> bool:
+    """Does ``grant`` (in an entry owned by node ``owner``) name ``identity``: the same
+    subject, vouched for by the same node?"""
+    if identity.subject is None or identity.node is None:
+        return False
+    if isinstance(grant, str):
+        return grant == identity.subject and identity.node == owner
+    return grant.subject == identity.subject and grant.node == identity.node
+
+
+def granted(identity: Identity, access: Access, owner: str) -> bool:
+    """Is ``identity`` among the subjects ``access`` grants (entry owned by ``owner``)?"""
+    return any(grant_matches(identity, g, owner) for g in access.grants)
 
 
 def discoverable(
@@ -201,19 +270,19 @@ def discoverable(
     *,
     classification: str,
     status: str,
-    scoped: bool,
+    staff: bool,
     writable: bool,
+    granted: bool = False,
     access: Access = _EMPTY,
 ) -> bool:
-    """May ``identity`` discover a live capability with these properties? ``scoped``:
-    it is this node's own and its namespace is inside one of the identity's scopes;
-    ``writable``: scoped, and the identity may write that namespace
-    (:meth:`Identity.writes`)."""
+    """May ``identity`` discover a live capability with these properties? ``staff``: a
+    member of the owning department, or administrative sight over it
+    (:meth:`Identity.member_of`, :meth:`Identity.administers`); ``writable``: this
+    node's own entry, in a namespace the identity may write (:meth:`Identity.writes`);
+    ``granted``: the entry's grants name the identity (:func:`granted`)."""
     if status not in LISTED_STATUSES:
         return writable
-    if scoped:
-        return True
-    if identity.subject is not None and identity.subject in access.grants:
+    if staff or granted:
         return True
     if classification == "restricted":
         return False
@@ -237,29 +306,32 @@ def decide(identity: Identity, action: Action, entry: Entry) -> Decision:
     ns = entry.namespace
     scoped = identity.in_scope(ns) and entry.local
     if action in (Action.DISCOVER, Action.INVOKE):
-        seen = discoverable(
-            identity,
-            classification=entry.classification,
-            status=entry.status,
-            scoped=scoped,
-            writable=scoped and identity.writes(ns),
-            access=entry.access,
-        )
-        if not seen:
+        member = identity.member_of(ns, local=entry.local)
+        sight = not member and identity.administers(ns, local=entry.local)
+        facts = {
+            "classification": entry.classification,
+            "status": entry.status,
+            "writable": scoped and identity.writes(ns),
+            "granted": granted(identity, entry.access, namespace_node(ns)),
+            "access": entry.access,
+        }
+        if not discoverable(identity, staff=member or sight, **facts):
             return Decision(False, 404, f"no capability in {ns} by that name")
+        if sight and not discoverable(identity, staff=False, **facts):
+            note_sight((ns,))
         if action is Action.DISCOVER:
             return ALLOW
         if identity.authenticated and identity.role not in roles:
             return Decision(False, 403, f"role {identity.role} may not invoke capabilities")
-        privileged = scoped or (
-            identity.subject is not None and identity.subject in entry.access.grants
-        )
-        if not privileged and not matches(identity, entry.access.invoke):
-            who = _describe(identity)
-            return Decision(
-                False, 403, f"this capability's access rules do not let {who} invoke it"
-            )
-        return ALLOW
+        if member or facts["granted"]:
+            return ALLOW
+        if matches(identity, entry.access.invoke):
+            return ALLOW
+        if sight:
+            note_sight((ns,))
+            return ALLOW
+        who = _describe(identity)
+        return Decision(False, 403, f"this capability's access rules do not let {who} invoke it")
     refused = _need_credentials(identity, action)
     if refused is not None:
         return refused

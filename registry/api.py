@@ -17,12 +17,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from yunnao.plugins.capability import Capability
-from yunnao.plugins.errors import FieldError, NotFound, Unavailable, ValidationFailed
+from yunnao.plugins.errors import FieldError, Forbidden, NotFound, Unavailable, ValidationFailed
 
 from . import names, schemas, search
 from .access import Action, require, require_role
 from .auth import identity_of
+from .bindings import require_binding
 from .http import json_response, not_modified, parse_query, read_model
+from .models import own_model_rule, own_model_version
 from .publishing import Publisher
 from .store import RegistryStore
 
@@ -179,6 +181,34 @@ def _check_new_address(namespace: str, name: str) -> None:
         raise ValidationFailed("; ".join(e.message for e in errors), errors=errors)
 
 
+def _own_model(
+    catalog: Catalog, namespace: str, name: str, spec: schemas.PublishRequest
+) -> schemas.PublishRequest:
+    """``spec`` with the model this node logged for ``namespace.name`` in its own MLflow,
+    and that model's artifact URI as MLflow has it; any other model location is a 422
+    naming the field. (An author never chooses what the node loads.)"""
+    if spec.model_uri is None:
+        why = "set by the node with the version's model_uri; without a model there is none"
+        raise ValidationFailed(f"artifact_uri: {why}", errors=[FieldError("artifact_uri", why)])
+    number = own_model_version(namespace, name, spec.model_uri)
+    if number is None:
+        rule = own_model_rule(namespace, name)
+        raise ValidationFailed(
+            f"model_uri {spec.model_uri!r} {rule}", errors=[FieldError("model_uri", rule)]
+        )
+    if catalog.publisher is None:
+        why = "this node has no model store, so a version here cannot name a model"
+        raise ValidationFailed(f"model_uri: {why}", errors=[FieldError("model_uri", why)])
+    source = catalog.publisher.models.registered_source(namespace, name, number)
+    if source is None:
+        why = f"this node's MLflow has no version {number} of the model {namespace}.{name}"
+        raise ValidationFailed(f"model_uri: {why}", errors=[FieldError("model_uri", why)])
+    if spec.artifact_uri is not None and spec.artifact_uri != source:
+        why = f"must be where this node's MLflow keeps {spec.model_uri} ({source}), or left out"
+        raise ValidationFailed(f"artifact_uri: {why}", errors=[FieldError("artifact_uri", why)])
+    return spec.model_copy(update={"artifact_uri": source})
+
+
 async def publish_version(request: Request) -> Response:
     namespace, name = _path(request)
     _check_new_address(namespace, name)
@@ -189,6 +219,9 @@ async def publish_version(request: Request) -> Response:
     if "access" in spec.model_fields_set:
         request.state.audit_action = Action.GRANT.value
         require(identity, Action.GRANT, namespace)
+    require_binding(identity, spec.runtime, catalog.store.node_id)
+    if spec.model_uri is not None or spec.artifact_uri is not None:
+        spec = await _run(_own_model, catalog, namespace, name, spec)
     version = await _run(catalog.store.publish, namespace, name, spec)
     location = f"/v1/capabilities/{namespace}/{name}/versions/{version.version}"
     return json_response(version, status=201, Location=location)
@@ -209,11 +242,22 @@ async def publish_plugin(request: Request) -> Response:
             f"no capability {body.capability!r} among the plugins loaded at this node "
             f"(loaded: {loaded})"
         )
-    namespace = body.namespace or catalog.publisher.default_namespace(cap)
+    # A plugin's code is its department's: over HTTP it goes only into that namespace,
+    # never into one whose author would then run (and expose) another department's code.
+    namespace = catalog.publisher.default_namespace(cap)
     if namespace is None:
-        raise ValidationFailed(
-            f"plugin {cap.plugin!r} names no department: give a namespace",
-            errors=[FieldError("namespace", "required for this plugin")],
+        why = (
+            f"plugin {cap.plugin!r} names no department, so it cannot be published over "
+            "HTTP; the node's operator publishes it with `yunnao publish --namespace`"
+        )
+        raise ValidationFailed(why, errors=[FieldError("namespace", why)])
+    if body.namespace is not None and body.namespace != namespace:
+        why = (
+            f"{body.capability!r} is plugin {cap.plugin!r}'s and is published only into its "
+            f"own namespace {namespace!r}"
+        )
+        raise Forbidden(
+            f"namespace {body.namespace!r}: {why}", errors=[FieldError("namespace", why)]
         )
     _check_new_address(namespace, cap.name)
     require(identity, Action.PUBLISH, namespace)

@@ -32,6 +32,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .access import SIGHT
 from .db import read_session, row_write
 from .tables import AuditEvent, utcnow
 
@@ -240,6 +241,8 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500
+        sight: set[str] = set()
+        watching = SIGHT.set(sight)
 
         async def watch(message: Message) -> None:
             nonlocal status
@@ -250,7 +253,13 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, watch)
         finally:
-            if scope["method"] not in _QUIET or status in (401, 403):
+            SIGHT.reset(watching)
+            if sight and status < 400:
+                # A read that showed entries only through administrative sight.
+                scope.setdefault("state", {}).setdefault(
+                    "audit_action", "sight:" + (self.actions.get(scope.get("endpoint")) or "page")
+                )
+            if scope["method"] not in _QUIET or status in (401, 403) or (sight and status < 400):
                 state = scope.get("state", {})
                 identity = state.get("identity")
                 endpoint = scope.get("endpoint")

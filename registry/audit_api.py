@@ -1,4 +1,8 @@
-"""HTTP routes of the audit log, for auditors: query and export, verify the chain."""
+"""HTTP routes of the audit log, for auditors: query and export, verify the chain.
+
+An event whose path names a capability is listed only to a reader the policy module
+lets discover that capability (:mod:`~yunnao.registry.visibility`), as search would:
+the log's readers see no more of the catalog through it than through the catalog."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .access import Action, require
+from . import visibility
+from .access import Action, Identity, require
 from .api import Endpoint
 from .audit import AuditLog
 from .auth import identity_of
@@ -71,25 +76,47 @@ def _out(event: AuditEvent) -> AuditEventOut:
     return AuditEventOut(**event.model_dump())
 
 
-async def audit_events(request: Request) -> Response:
-    log = _audit(request)
-    query = parse_query(AuditQuery, dict(request.query_params))
-    rows = await anyio.to_thread.run_sync(
-        lambda: log.events(
-            since=query.since,
+def _visible_events(
+    log: AuditLog, identity: Identity, query: AuditQuery
+) -> tuple[list[AuditEvent], int]:
+    """Up to ``query.limit`` events after ``query.since`` that ``identity`` may see, and
+    the sequence number read up to (events hidden from it are skipped, not counted)."""
+    out: list[AuditEvent] = []
+    since = query.since
+    while len(out) < query.limit:
+        rows = log.events(
+            since=since,
             limit=query.limit,
             actor=query.actor,
             action=query.action,
             outcome=query.outcome,
         )
-    )
+        if not rows:
+            break
+        keys = {k for r in rows if (k := visibility.capability_of_path(r.path)) is not None}
+        seen = visibility.visible(identity, log.engine, keys)
+        for row in rows:
+            key = visibility.capability_of_path(row.path)
+            since = row.seq
+            if key is None or key in seen:
+                out.append(row)
+                if len(out) == query.limit:
+                    break
+    return out, since
+
+
+async def audit_events(request: Request) -> Response:
+    log = _audit(request)
+    identity = identity_of(request)
+    query = parse_query(AuditQuery, dict(request.query_params))
+    rows, read_to = await anyio.to_thread.run_sync(lambda: _visible_events(log, identity, query))
     items = [_out(r) for r in rows]
     if query.format == "jsonl":
         text = "".join(
             json.dumps(i.model_dump(mode="json"), ensure_ascii=False) + "\n" for i in items
         )
         return Response(text, media_type="application/jsonl")
-    return json_response(AuditPage(items=items, next=items[-1].seq if items else query.since))
+    return json_response(AuditPage(items=items, next=read_to))
 
 
 async def audit_verify(request: Request) -> Response:
@@ -112,7 +139,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/v1/audit",
         audit_events,
         "auditEvents",
-        "Audit events, oldest first: writes, invocations and refusals (JSON, or JSON lines)",
+        "Audit events, oldest first: writes, invocations and refusals (JSON, or JSON lines); "
+        "events naming a capability the reader may not discover are left out",
         tag="audit",
         query=AuditQuery,
         response=AuditPage,

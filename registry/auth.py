@@ -3,10 +3,15 @@
 No header means anonymous (routes decide what anonymous callers may do). A header
 that is present but wrong is refused at once with 401, never downgraded to anonymous.
 
-The web pages carry the same bearer token in a session cookie instead. It counts only
-for the pages, never for the API (``/v1``, ``/v2``, ``/metrics``), so another site cannot
-make a signed-in browser call the API; a cookie that no longer verifies (expired) makes
-the visitor anonymous, and the page offers to sign in again.
+The web pages carry a session token in a cookie instead. It counts only for the pages,
+never for the API (``/v1``, ``/v2``, ``/metrics``), so another site cannot make a
+signed-in browser call the API. The two kinds of token are kept apart by audience: the
+cookie must hold a web page session (``verify_session``: audience ``<node>#ui``, see
+:mod:`~yunnao.registry.tokens`), and ``Authorization`` must hold an API credential
+(``verify``, which refuses session tokens with 401), so a session token copied out of a
+browser writes nothing through the API, and an API token set as a cookie signs nobody
+in. A cookie that does not verify (expired, or not a session) makes the visitor
+anonymous, and the page offers to sign in again.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ _API_PREFIXES = ("/v1/", "/v2/", "/metrics", "/openapi.json")
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, verify: Verifier) -> None:
+    def __init__(
+        self, app: ASGIApp, verify: Verifier, verify_session: Verifier | None = None
+    ) -> None:
         self.app = app
-        self.verify = verify
+        self.verify = verify  # API credentials (the Authorization header)
+        self.verify_session = verify_session  # web page sessions (the cookie); None: none
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,9 +50,9 @@ class AuthMiddleware:
             # Pages only: API calls never parse cookies (and never act on them).
             if not scope["path"].startswith(_API_PREFIXES):
                 cookie = request.cookies.get(SESSION_COOKIE)
-                if cookie:
+                if cookie and self.verify_session is not None:
                     try:
-                        identity = self.verify(cookie)
+                        identity = self.verify_session(cookie)
                     except YunnaoError:
                         identity = ANONYMOUS
         else:

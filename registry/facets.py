@@ -18,6 +18,7 @@ enough for correctness under any isolation level.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import col
 
-from .access import Identity, access_rules, discoverable
+from .access import Identity, access_rules, discoverable, grant_matches, note_sight
 from .names import namespace_node
 from .tables import CapabilityRow, Change
 
@@ -117,7 +118,9 @@ class Snapshot:
     tag_code: np.ndarray  # int32 tag code of each pair
     sizes: dict[str, int]  # vocabulary size per facet when this snapshot was made
     names: list[tuple[str, str]] = field(repr=False)  # (name, namespace) per position
-    visible: dict[Identity, np.ndarray] = field(default_factory=dict, repr=False)
+    visible: dict[Identity, tuple[np.ndarray, np.ndarray | None]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def dead(self) -> int:
@@ -335,7 +338,8 @@ class FacetIndex:
         except tags, which must all be present; facets combine with AND. Each facet's
         counts apply every filter but its own, so a user can widen a chosen facet.
         """
-        base = snap.live & self._visible(snap, identity)
+        visible, sight_only = self._visible(snap, identity)
+        base = snap.live & visible
         score: np.ndarray | None = None
         if match is not None:
             match_ids, match_scores = match
@@ -352,6 +356,11 @@ class FacetIndex:
         hits = base.copy()
         for m in masks.values():
             hits &= m
+        if sight_only is not None and (hits & sight_only).any():
+            note_sight(
+                self.vocab["namespace"].values[c]
+                for c in snap.codes["namespace"][hits & sight_only]
+            )
 
         counts: dict[str, dict[str, int]] = {}
         for facet in facets:
@@ -367,26 +376,34 @@ class FacetIndex:
         page = self._order(snap, positions, sort, score, offset + limit)[offset:]
         return Hits(ids=snap.ids[page].tolist(), total=int(positions.size), facets=counts)
 
-    def _visible(self, snap: Snapshot, identity: Identity) -> np.ndarray:
-        """:func:`~yunnao.registry.access.discoverable` over every position: evaluated
-        once per (classification, status, scoped, writable, access rules) combination,
-        then looked up. Kept per snapshot for the callers seen recently (the snapshot
-        never changes)."""
-        mask = snap.visible.get(identity)
-        if mask is None:
+    def _visible(self, snap: Snapshot, identity: Identity) -> tuple[np.ndarray, np.ndarray | None]:
+        """:func:`~yunnao.registry.access.discoverable` over every position, and the
+        positions seen only through administrative sight (None when there are none):
+        evaluated once per combination of classification, status, staff, writable,
+        granted and access rules, then looked up. Kept per snapshot for the callers seen
+        recently (the snapshot never changes)."""
+        masks = snap.visible.get(identity)
+        if masks is None:
             if len(snap.visible) >= _VISIBLE_CACHE:
                 snap.visible.clear()
-            mask = snap.visible[identity] = self._visible_mask(snap, identity)
-        return mask
+            masks = snap.visible[identity] = self._visible_masks(snap, identity)
+        return masks
 
-    def _visible_mask(self, snap: Snapshot, identity: Identity) -> np.ndarray:
+    def _visible_masks(
+        self, snap: Snapshot, identity: Identity
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         ns_values = self.vocab["namespace"].values[: snap.sizes["namespace"]]
-        scoped = np.zeros(len(ns_values) + 1, dtype=np.int64)
+        member = np.zeros(len(ns_values) + 1, dtype=np.int64)
+        sight = np.zeros(len(ns_values) + 1, dtype=np.int64)
         writable = np.zeros(len(ns_values) + 1, dtype=np.int64)
+        own_node = np.zeros(len(ns_values) + 1, dtype=bool)  # owned by the caller's node
         if identity.authenticated:
             for i, ns in enumerate(ns_values):
-                if namespace_node(ns) == self.node_id:
-                    scoped[i], writable[i] = identity.in_scope(ns), identity.writes(ns)
+                local = namespace_node(ns) == self.node_id
+                member[i] = identity.member_of(ns, local=local)
+                sight[i] = not member[i] and identity.administers(ns, local=local)
+                writable[i] = local and identity.writes(ns)
+                own_node[i] = namespace_node(ns) == identity.node
         classes = self.vocab["classification"].values[: snap.sizes["classification"]]
         statuses = self.vocab["status"].values[: snap.sizes["status"]]
         # Codes of rules seen by this snapshot: those appended later are not in it.
@@ -394,24 +411,42 @@ class FacetIndex:
             access_rules(json.loads(text))
             for text in self.rules.values[: int(snap.rules.max(initial=-1)) + 1]
         ]
-        lut = np.zeros((len(classes) + 1, len(statuses) + 1, 2, 2, len(rule_sets)), dtype=bool)
+        # Grants name a subject with its node: a plain subject is one of the node owning
+        # the entry, so whether a rule set grants the caller can depend on the namespace.
+        named = np.zeros(len(rule_sets) + 1, dtype=bool)  # {"subject", "node"} matches
+        plain = np.zeros(len(rule_sets) + 1, dtype=bool)  # a plain subject matches
+        if identity.subject is not None and identity.node is not None:
+            for k, rules in enumerate(rule_sets):
+                for g in rules.grants:
+                    if isinstance(g, str):
+                        plain[k] |= g == identity.subject
+                    else:
+                        named[k] |= grant_matches(identity, g, "")
+        lut = np.zeros(
+            (len(classes) + 1, len(statuses) + 1, 2, 2, 2, len(rule_sets) + 1), dtype=bool
+        )
         for i, c in enumerate(classes):
-            for j, s in enumerate(statuses):
-                for a in (0, 1):
-                    for b in (0, 1):
-                        for k, rules in enumerate(rule_sets):
-                            lut[i, j, a, b, k] = discoverable(
-                                identity,
-                                classification=c,
-                                status=s,
-                                scoped=bool(a),
-                                writable=bool(b),
-                                access=rules,
-                            )
+            for j, st in enumerate(statuses):
+                for a, b, g in itertools.product((0, 1), repeat=3):
+                    for k, rules in enumerate(rule_sets):
+                        lut[i, j, a, b, g, k] = discoverable(
+                            identity,
+                            classification=c,
+                            status=st,
+                            staff=bool(a),
+                            writable=bool(b),
+                            granted=bool(g),
+                            access=rules,
+                        )
         ns = snap.codes["namespace"]
-        return lut[
-            snap.codes["classification"], snap.codes["status"], scoped[ns], writable[ns], snap.rules
-        ]
+        cls, status, rules = snap.codes["classification"], snap.codes["status"], snap.rules
+        grant = named[rules] | (plain[rules] & own_node[ns])
+        mask = lut[cls, status, member[ns] | sight[ns], writable[ns], grant.astype(np.int64), rules]
+        if not sight.any():
+            return mask, None
+        without = lut[cls, status, member[ns], writable[ns], grant.astype(np.int64), rules]
+        extra = mask & ~without
+        return mask, (extra if extra.any() else None)
 
     def _mask(self, snap: Snapshot, facet: str, values: Sequence[str]) -> np.ndarray:
         vocab = self.vocab[facet]

@@ -1,11 +1,18 @@
 """Request parsing shared by the HTTP routes: bounded JSON bodies, validated models and
-query strings, and the JSON responses that carry ETags."""
+query strings, and the JSON responses that carry ETags.
+
+Every JSON document a caller sends is read by :func:`parse_json`: bad JSON, nesting
+deeper than :data:`MAX_JSON_DEPTH` (checked before parsing, so the parser never
+recurses that deep) and integers longer than Python converts (4300 digits) are all a
+400 problem, never a 500."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +26,47 @@ from yunnao.plugins.errors import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+
+# Arrays and objects inside one another: far more than any capability's input, schema
+# or feed item needs, far less than what makes Python's parser (or anything that walks
+# the result recursively) run out of stack.
+MAX_JSON_DEPTH = 100
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = np.zeros(256, dtype=np.int64)
+_STEP[[ord("["), ord("{")]], _STEP[[ord("]"), ord("}")]] = 1, -1
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply arrays and objects nest in the JSON text ``raw`` (brackets inside
+    strings do not count). Cheap: C-speed scans, in numpy over the brackets alone."""
+    opened = raw.count(b"[") + raw.count(b"{")
+    if opened <= 1:
+        return opened
+    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    return int(np.cumsum(_STEP[np.frombuffer(brackets, dtype=np.uint8)]).max())
+
+
+def parse_json(
+    raw: bytes | str, *, what: str = "request body", max_depth: int = MAX_JSON_DEPTH
+) -> Any:
+    """``raw`` parsed as JSON, or :class:`BadRequest` (400) saying why not: not JSON,
+    nested deeper than ``max_depth``, or holding a number Python will not convert."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    depth = json_depth(data)
+    if depth > max_depth:
+        raise BadRequest(
+            f"{what} nests arrays and objects {depth} deep; at most {max_depth} are accepted",
+            extra={"max_depth": max_depth},
+        )
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4300 digits
+        raise BadRequest(f"{what} holds a value that cannot be read: {exc}") from None
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -37,7 +85,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_model(request: Request, model: type[M], max_bytes: int) -> M:
+async def read_model(
+    request: Request, model: type[M], max_bytes: int, *, max_depth: int = MAX_JSON_DEPTH
+) -> M:
     """Parse the JSON body into ``model``: 415, 413, 400 or 422 naming what was wrong."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
@@ -45,10 +95,7 @@ async def read_model(request: Request, model: type[M], max_bytes: int) -> M:
             f"send the body as application/json (got {ctype or 'no content type'})"
         )
     raw = await read_body(request, max_bytes)
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    data = parse_json(raw, max_depth=max_depth)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

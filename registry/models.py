@@ -17,6 +17,7 @@ import contextlib
 import importlib.metadata as md
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -51,6 +52,11 @@ _MLFLOW_HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
 }
 MODEL_DIR = "model"
+# The only model location a version may have: a numbered version of a model registered
+# in the node's own MLflow (never a path, a URL, a run or an alias).
+MODEL_URI = re.compile(
+    r"^models:/(?P<name>[a-z0-9][a-z0-9._-]{0,434})/(?P<version>[1-9][0-9]{0,9})$"
+)
 
 
 class ModelStoreError(YunnaoError):
@@ -75,6 +81,24 @@ class LoggedVersion:
 
 def model_name(namespace: str, name: str) -> str:
     return f"{namespace}.{name}"
+
+
+def own_model_version(namespace: str, name: str, model_uri: str) -> str | None:
+    """The MLflow version number when ``model_uri`` is ``models:/{namespace}.{name}/N``,
+    the only model a version of ``namespace/name`` may run; else None."""
+    found = MODEL_URI.match(model_uri)
+    if found is None or found["name"] != model_name(namespace, name):
+        return None
+    return found["version"]
+
+
+def own_model_rule(namespace: str, name: str) -> str:
+    """What a version of ``namespace/name`` may name as its model, in words."""
+    return (
+        f"must be models:/{model_name(namespace, name)}/<version>, a model version this "
+        f"node logged for {namespace}/{name} in its own MLflow (publish the plugin with "
+        "POST /v1/publish or `yunnao publish`); authors do not choose model locations"
+    )
 
 
 def code_path(cap: Capability) -> Path:
@@ -268,6 +292,18 @@ class ModelStore:
 
     # ------------------------------------------------------------ loading
 
+    def registered_source(self, namespace: str, name: str, version: str) -> str | None:
+        """Where this node's MLflow keeps version ``version`` of ``namespace.name``'s
+        model (its artifact URI), or None when there is no such ready version."""
+        registered = model_name(namespace, name)
+        try:
+            mv = self.client.get_model_version(registered, version)
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+                return None
+            raise _mlflow_error(f"reading {registered}/{version}", exc) from exc
+        return str(mv.source) if mv.status == "READY" else None
+
     def alias_version(self, namespace: str, name: str, alias: str) -> str | None:
         """The ``models:/`` URI an MLflow alias of the capability points at, or None."""
         registered = model_name(namespace, name)
@@ -283,7 +319,12 @@ class ModelStore:
         """Download a ``models:/name/N`` model's files; the local directory."""
         import mlflow.artifacts
 
-        name, _, version = model_uri.removeprefix("models:/").partition("/")
+        found = MODEL_URI.match(model_uri)
+        if found is None:
+            # Only numbered versions of this MLflow's own registered models are loaded:
+            # never a path, a URL or a run an author named.
+            raise ModelStoreError(f"{model_uri!r} is not a models:/<name>/<version> URI")
+        name, version = found["name"], found["version"]
         try:
             source = self.client.get_model_version_download_uri(name, version)
             return mlflow.artifacts.download_artifacts(

@@ -24,6 +24,13 @@ from .access import ROLES, Identity
 from .names import is_node_id
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
+# The key type (JWK ``kty``, and ``crv`` for elliptic curves) each algorithm needs.
+KEY_TYPES = {
+    **dict.fromkeys(("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"), ("RSA", None)),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "EdDSA": ("OKP", None),
+}
 
 
 @dataclass(frozen=True)
@@ -115,10 +122,13 @@ class OidcVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"bearer token is not a JWT: {exc}") from None
-        alg = header.get("alg")
-        if alg not in ALGORITHMS:
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise Unauthorized(f"bearer token algorithm {alg!r} is not accepted")
-        key = self._key(header.get("kid"))
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthorized("bearer token names its key with something other than a string")
+        key = self._key(kid)
+        self._check_fits(alg, key)
         try:
             claims = jwt.decode(
                 token,
@@ -141,7 +151,28 @@ class OidcVerifier:
             raise Unauthorized("bearer token signature does not verify") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"bearer token rejected: {exc}") from None
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:  # a key the algorithm cannot use
+            raise Unauthorized(
+                f"bearer token's algorithm {alg} cannot be verified with its key: {exc}"
+            ) from None
         return self._identity(claims)
+
+    @staticmethod
+    def _check_fits(alg: str, key: jwt.PyJWK) -> None:
+        """The token's algorithm must be one its key is for (an ES256 token naming an RSA
+        key is refused here, before the signature check could trip over it)."""
+        kty, crv = KEY_TYPES[alg]
+        data = getattr(key, "_jwk_data", {}) or {}
+        if key.key_type != kty or (crv is not None and data.get("crv") != crv):
+            raise Unauthorized(
+                f"bearer token algorithm {alg} does not fit its key {key.key_id!r} "
+                f"(a {key.key_type} key)"
+            )
+        declared = data.get("alg")
+        if isinstance(declared, str) and declared != alg:
+            raise Unauthorized(
+                f"bearer token algorithm {alg} is not its key's algorithm {declared}"
+            )
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
         cfg = self.config

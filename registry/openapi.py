@@ -33,6 +33,7 @@ _STATUS_TEXT = {
     502: "Model store error",
     503: "Unavailable",
     504: "Timed out",
+    508: "Loop detected (a forwarded call would visit a node twice)",
 }
 _REF = "#/components/schemas/{model}"
 

@@ -47,6 +47,18 @@ class Published:
     aliases: tuple[str, ...]
 
 
+def plugin_namespace(node_id: str, cap: Capability) -> str | None:
+    """The namespace a loaded plugin's capability belongs to at node ``node_id``:
+    ``<node>.<plugin>`` when the plugin's name makes a valid department segment
+    (entry-point names are chosen that way; a package name's ``_`` becomes ``-``), else
+    None. Over HTTP a plugin is published only there, and the in-process runtime runs a
+    plugin's code only for versions of that namespace."""
+    if not cap.plugin:
+        return None
+    namespace = f"{node_id}.{cap.plugin.replace('_', '-')}"
+    return namespace if names.is_namespace(namespace) else None
+
+
 class Publisher:
     """Publishes capabilities of loaded plugins into one node's registry and MLflow."""
 
@@ -55,13 +67,8 @@ class Publisher:
         self.models = models
 
     def default_namespace(self, cap: Capability) -> str | None:
-        """``<node>.<plugin>`` when the plugin's name makes a valid department segment
-        (entry-point names are chosen that way; a package name's ``_`` becomes ``-``),
-        else None."""
-        if not cap.plugin:
-            return None
-        namespace = f"{self.store.node_id}.{cap.plugin.replace('_', '-')}"
-        return namespace if names.is_namespace(namespace) else None
+        """The plugin's own department at this node (see :func:`plugin_namespace`)."""
+        return plugin_namespace(self.store.node_id, cap)
 
     def check(self, cap: Capability, namespace: str, aliases: Sequence[str] = ()) -> None:
         """Everything that can fail without side effects."""

@@ -339,6 +339,23 @@ def _refresh_current(s: Session, touched: dict[int, datetime]) -> None:
         s.execute(stmt, updates)
 
 
+def holders(
+    s: Session, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str | None, bool]]:
+    """For each (namespace, name) this store has a capability row for: the peer it came
+    through (None for this node's own entries) and whether it is live."""
+    out: dict[tuple[str, str], tuple[str | None, bool]] = {}
+    for chunk in _chunks(sorted(set(pairs))):
+        wanted = set(chunk)
+        stmt = sa.select(_cap.c.namespace, _cap.c.name, _cap.c.via_node, _cap.c.deleted_at).where(
+            _cap.c.namespace.in_({ns for ns, _ in chunk}), _cap.c.name.in_({n for _, n in chunk})
+        )
+        for ns, name, via, deleted in s.execute(stmt):
+            if (ns, name) in wanted:
+                out[(ns, name)] = (via, deleted is None)
+    return out
+
+
 def live_capabilities_via(s: Session, peer: str) -> list[tuple[str, str]]:
     """(namespace, name) of every live capability that came through ``peer``."""
     rows = s.execute(

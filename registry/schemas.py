@@ -112,6 +112,15 @@ class AccessRule(Strict):
     roles: Annotated[list[Role], Field(max_length=5)] = Field(default_factory=list)
 
 
+class Grant(Strict):
+    """A subject together with the node that vouches for it (the node whose token, API key
+    or identity-provider claim names it): the same subject of another node is someone
+    else."""
+
+    subject: Subject
+    node: NodeRef
+
+
 class Access(Strict):
     """A capability's own access rules, narrowing what its classification allows.
     Staff scoped to its namespace and the subjects in ``grants`` are never narrowed."""
@@ -120,10 +129,11 @@ class Access(Strict):
     invoke: AccessRule = Field(
         default_factory=AccessRule, description="who, of those who may find it, may call it"
     )
-    grants: Annotated[list[Subject], Field(max_length=256)] = Field(
+    grants: Annotated[list[Subject | Grant], Field(max_length=256)] = Field(
         default_factory=list,
         description="subjects named to discover and invoke it; for a restricted capability "
-        "the only callers outside its namespace",
+        "the only callers outside its department. A plain subject is one of the node that "
+        'owns the capability; {"subject": ..., "node": ...} names a subject of another node',
     )
     rate_limit: RateLimit | None = Field(
         None, description='calls of this capability, all callers together: "100/s", "5000/day"'
@@ -173,6 +183,20 @@ class MetaPatch(Strict):
     license: Text | None = None
 
 
+def _model_uri(value: str) -> str:
+    from .models import MODEL_URI
+
+    if not MODEL_URI.match(value):
+        raise ValueError(
+            "must be models:/<namespace>.<name>/<version>, a model version this node logged "
+            "in its own MLflow; authors do not choose model locations"
+        )
+    return value
+
+
+ModelUri = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_model_uri)]
+
+
 class VersionSpec(Strict):
     """What a version carries besides the capability's metadata."""
 
@@ -180,8 +204,17 @@ class VersionSpec(Strict):
     output_schema: JsonSchema = Field(default_factory=lambda: {"type": "object"})
     examples: Annotated[list[Example], Field(max_length=50)] = Field(default_factory=list)
     runtime: RuntimeBinding = Field(default_factory=RuntimeBinding)
-    model_uri: Annotated[str, StringConstraints(max_length=1000)] | None = None
-    artifact_uri: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    model_uri: ModelUri | None = Field(
+        None,
+        description="models:/<namespace>.<name>/<version>: a version of the model this node "
+        "logged for this capability in its own MLflow (POST /v1/publish, `yunnao publish`); "
+        "never a path, URL, run or another capability's model",
+    )
+    artifact_uri: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        None,
+        description="set by the node from its MLflow (where the model's files are); "
+        "if given, it must be that",
+    )
 
 
 class PublishRequest(CapabilityMeta, VersionSpec):
@@ -211,7 +244,9 @@ class PluginPublishRequest(Strict):
         description="the capability's name in its plugin"
     )
     namespace: Annotated[str, StringConstraints(max_length=370)] | None = Field(
-        None, description="default: <node>.<plugin name>"
+        None,
+        description="<node>.<plugin name>, the plugin's own department (the only namespace "
+        "a plugin is published into over HTTP; another is refused)",
     )
     status: Literal["draft", "published"] = "published"
     aliases: Annotated[list[Alias], Field(max_length=8)] | None = Field(

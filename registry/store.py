@@ -16,13 +16,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from yunnao.plugins.errors import Conflict, FieldError, Forbidden, NotFound, PreconditionFailed
+from yunnao.plugins.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    ValidationFailed,
+)
 
 from . import lifecycle, names, schemas, search
 from .access import Identity, access_rules, may_discover
 from .db import read_session, write_session
 from .facets import FacetIndex
 from .hashing import content_hash
+from .models import own_model_rule, own_model_version
 from .tables import (
     CapabilityRow,
     CapabilityTag,
@@ -63,6 +71,20 @@ def _check_precondition(if_match: str | None, current: str, what: str) -> None:
             f"{what} has changed since you read it (If-Match {if_match} is not the current "
             f"ETag {current}); read it again and retry"
         )
+
+
+def _check_model(namespace: str, name: str, spec: schemas.VersionSpec) -> None:
+    """A version names no model but its own: ``models:/{namespace}.{name}/N`` of this
+    node's MLflow (whether N exists there is the publishing path's check, which can ask
+    MLflow). Whatever writes a version goes through here, so no other location is stored."""
+    if spec.model_uri is not None and own_model_version(namespace, name, spec.model_uri) is None:
+        rule = own_model_rule(namespace, name)
+        raise ValidationFailed(
+            f"model_uri {spec.model_uri!r} {rule}", errors=[FieldError("model_uri", rule)]
+        )
+    if spec.artifact_uri is not None and spec.model_uri is None:
+        why = "set by the node with the version's model_uri; without a model there is none"
+        raise ValidationFailed(f"artifact_uri: {why}", errors=[FieldError("artifact_uri", why)])
 
 
 def _meta_hash(row: CapabilityRow) -> str:
@@ -353,6 +375,7 @@ class RegistryStore:
         self, s: Session, namespace: str, name: str, spec: schemas.PublishRequest
     ) -> schemas.Version:
         self._check_owner(namespace)
+        _check_model(namespace, name, spec)
         self._ensure_namespace(s, namespace)
         row = s.exec(
             select(CapabilityRow).where(

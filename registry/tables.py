@@ -286,6 +286,7 @@ class Job(SQLModel, table=True):
     # None (no callback) | pending | delivered | failed
     callback_status: str | None = Field(default=None, index=True, max_length=16)
     callback_attempts: int = 0
+    callback_error: str | None = Field(default=None, max_length=500)  # why not delivered
     created_at: datetime = _ts()
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

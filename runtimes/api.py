@@ -10,13 +10,16 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from yunnao.plugins.errors import FieldError, ValidationFailed
+from yunnao.plugins.errors import FieldError, LoopDetected, ValidationFailed
 from yunnao.registry import schemas
-from yunnao.registry.access import Action, require
+from yunnao.registry.access import Action, Identity, require
 from yunnao.registry.api import Endpoint
 from yunnao.registry.auth import identity_of
+from yunnao.registry.bindings import require_binding
+from yunnao.registry.forwarded import forwarded
 from yunnao.registry.http import json_response, read_model
 
+from .base import InvocationTimeout
 from .gateway import Gateway
 from .jobs import Jobs
 
@@ -43,7 +46,8 @@ class InvokeRequest(BaseModel):
     )
     callback_url: AnyHttpUrl | None = Field(
         None,
-        description="asynchronous calls only: the finished job is POSTed here as JSON",
+        description="asynchronous calls only: the finished job is POSTed here as JSON "
+        "(public addresses only, unless the node's operator allows more)",
     )
 
 
@@ -82,10 +86,38 @@ def _wants_async(request: Request) -> bool:
     return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
 
 
+def _forwarding(request: Request, identity: Identity) -> tuple[tuple[str, ...], float | None]:
+    """The nodes a call forwarded by a linked node has visited and its caller's deadline,
+    as the node's signed assertion says: a call that has been here already is a loop
+    (508), one whose deadline has passed is answered 504 at once."""
+    call = forwarded(identity)
+    if call is None:
+        return (), None
+    here = _invoker(request).gateway.store.node_id
+    if here in call.visited:
+        raise LoopDetected(
+            f"this call has already visited node {here} (path: {' -> '.join(call.visited)} "
+            f"-> {here}): the runtime bindings of these nodes form a loop",
+            extra={"visited": list(call.visited)},
+        )
+    left = call.remaining()
+    if left is not None and left <= 0:
+        raise InvocationTimeout(
+            f"the caller's deadline passed {-left:.3f} s before it reached {here}"
+        )
+    if _wants_async(request):
+        raise ValidationFailed(
+            "a call forwarded by a linked node is synchronous",
+            errors=[FieldError("Prefer", "respond-async is not for forwarded calls")],
+        )
+    return call.visited, call.deadline
+
+
 async def invoke(request: Request) -> Response:
     invoker = _invoker(request)
     gateway = invoker.gateway
     identity = identity_of(request)
+    visited, deadline = _forwarding(request, identity)
     namespace, name_ref = request.path_params["namespace"], request.path_params["name"]
     body = await read_model(request, InvokeRequest, invoker.max_body_bytes)
     timeout = body.timeout or invoker.default_timeout
@@ -100,13 +132,16 @@ async def invoke(request: Request) -> Response:
     headers = {"Deprecation": "true"} if call.deprecated else {}
     if _wants_async(request):
         inputs = gateway.validate(call.target, "input", body.input)
+        callback_url = None
+        if body.callback_url is not None:  # never into the node's network (422)
+            callback_url = await invoker.jobs.check_callback(str(body.callback_url))
         job = await anyio.to_thread.run_sync(
             lambda: invoker.jobs.submit(
                 call,
                 identity,
                 inputs,
                 timeout=timeout,
-                callback_url=str(body.callback_url) if body.callback_url else None,
+                callback_url=callback_url,
                 request_id=request_id,
             )
         )
@@ -120,7 +155,13 @@ async def invoke(request: Request) -> Response:
         )
     started = anyio.current_time()
     output = await gateway.invoke(
-        identity, call, body.input, timeout=timeout, request_id=request_id
+        identity,
+        call,
+        body.input,
+        timeout=timeout,
+        request_id=request_id,
+        visited=visited,
+        deadline=deadline,
     )
     answer = {
         "output": output,
@@ -149,6 +190,7 @@ async def set_runtime(request: Request) -> Response:
             f"type: this node has no runtime {binding.type!r}",
             errors=[FieldError("type", f"one of: {', '.join(sorted(available))}")],
         )
+    require_binding(identity_of(request), binding, invoker.gateway.store.node_id, field="")
     result, etag = await anyio.to_thread.run_sync(
         lambda: invoker.gateway.store.set_runtime(
             namespace, name, version, binding, if_match=request.headers.get("if-match")
@@ -177,7 +219,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         tag="invocation",
         body=InvokeRequest,
         response=InvokeResponse,
-        errors=(400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 500, 503, 504),
+        errors=(400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 500, 503, 504, 508),
         description="Synchronous by default. With the header `Prefer: respond-async` the "
         "call is queued as a durable job: 202 with the job and its `Location` "
         "(`/v1/jobs/{id}`); give `callback_url` to have the finished job POSTed to you. "

@@ -133,17 +133,24 @@ class RuntimeContext:
     # Capabilities of the plugins loaded at this node, by name.
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
     # For the remote runtime: a linked node's base URL (None when it cannot be reached
-    # from here), and an assertion for it carrying the caller (see yunnao.cascade).
+    # from here), and an assertion for it carrying the caller and binding the call:
+    # ``assertion(node, caller, route=..., visited=..., deadline=...)`` (see
+    # yunnao.cascade.assertions).
     peer_url: Callable[[str], str | None] | None = None
-    assertion: Callable[[str, Identity], str] | None = None
+    assertion: Callable[..., str] | None = None
 
 
 @dataclass(frozen=True)
 class CallContext:
-    """Who made the call being run, and its request id: for runtimes that forward it."""
+    """Who made the call being run, and its request id: for runtimes that forward it.
+    ``visited``: the nodes a forwarded call went through before this one; ``deadline``:
+    when (epoch seconds) the original caller stops waiting. A runtime that forwards the
+    call passes both on, never calls a node twice, and never works past the deadline."""
 
     caller: Identity
     request_id: str | None = None
+    visited: tuple[str, ...] = ()
+    deadline: float | None = None
 
 
 current_call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(

@@ -45,6 +45,7 @@ from yunnao.plugins.loader import Plugins
 from yunnao.registry import names
 from yunnao.registry.access import Action, Entry, Identity, access_rules, decide
 from yunnao.registry.limits import Limit
+from yunnao.registry.models import own_model_version
 from yunnao.registry.store import RegistryStore, Resolution
 
 from .base import (
@@ -98,6 +99,18 @@ def split_ref(name_ref: str) -> tuple[str, str | None]:
     return name, (ref if sep else None)
 
 
+def own_model(version: Any) -> str | None:
+    """The model a version's runtime may load: its ``model_uri`` only when that is a
+    version of ``namespace.name`` in this node's own MLflow. Whatever else a row holds
+    (written before that rule, or by hand) reaches no runtime (in process, Ray Serve,
+    Triton): the version then has no model to run."""
+    uri = version.model_uri
+    if uri is None or own_model_version(version.namespace, version.name, uri) is not None:
+        return uri
+    log.warning("%s names a model that is not its own (%r): not loaded", version.id, uri)
+    return None
+
+
 def target_of(version: Any) -> Target:
     """The runtime target of a :class:`~yunnao.registry.schemas.Version`."""
     return Target(
@@ -106,7 +119,7 @@ def target_of(version: Any) -> Target:
         version=version.version,
         runtime=version.runtime.type,
         config=version.runtime.config,
-        model_uri=version.model_uri,
+        model_uri=own_model(version),
         input_schema=version.input_schema,
         output_schema=version.output_schema,
         content_hash=version.content_hash,
@@ -345,9 +358,14 @@ class Gateway:
         timeout: float,
         request_id: str | None = None,
         mode: str = "sync",
+        visited: tuple[str, ...] = (),
+        deadline: float | None = None,
     ) -> Any:
         """Run ``call`` on ``inputs``; the output, or a :class:`YunnaoError`. Every call
-        leaves a usage record and metrics, whatever its outcome."""
+        leaves a usage record and metrics, whatever its outcome. A call forwarded by a
+        linked node brings the nodes it ``visited`` and its caller's ``deadline`` (epoch
+        seconds): the call gets no more time than is left (504 at once when none is),
+        and a runtime that forwards it again passes both on."""
         target = call.target
         started = time.perf_counter()
         status, error_id = 200, None
@@ -366,11 +384,20 @@ class Gateway:
                 invocation = self.plugins.before_invoke(
                     invocation, lambda d: self.validate(target, "input", d)
                 )
-            current_call.set(CallContext(identity, request_id))
             runtime = self.runtimes.deployed(target)
             if runtime is None:
                 with anyio.fail_after(DEPLOY_TIMEOUT):
                     runtime = await self.runtimes.ready(target)
+            if deadline is None:
+                deadline = time.time() + timeout
+            else:
+                left = deadline - time.time()
+                if left <= 0:
+                    raise InvocationTimeout(
+                        f"{target.id}: the caller's deadline passed before it could run"
+                    )
+                timeout = min(timeout, left)
+            current_call.set(CallContext(identity, request_id, visited, deadline))
             gauge.inc()
             try:
                 if target.runtime == "inprocess":  # enforces its timeout itself, cheaply

@@ -1,8 +1,9 @@
 """The ``inprocess`` runtime: capabilities run inside the node, off its event loop.
 
-A version runs from its published MLflow model (code and artifacts as published), or,
-for an entry without a model, from the plugin loaded at the node under the same name
-and version. Two executors:
+A version runs from its published MLflow model (code and artifacts as published): only
+``models:/{namespace}.{name}/N`` of the node's own MLflow is ever loaded. An entry without
+a model runs the plugin loaded at the node under the same name and version, and only
+when that plugin's own namespace (``<node>.<plugin>``) is the entry's. Two executors:
 
 - ``thread`` (default): a pool of ``threads`` worker threads (4). Cheapest per call;
   a call that overruns its timeout is answered with 504 at once and its thread is left
@@ -29,7 +30,10 @@ from typing import Any
 
 import anyio.to_thread
 
+from yunnao.plugins.capability import Capability
 from yunnao.plugins.errors import FieldError, ValidationFailed, YunnaoError
+from yunnao.registry.models import own_model_version
+from yunnao.registry.publishing import plugin_namespace
 
 from .base import (
     CapabilityError,
@@ -148,22 +152,35 @@ class InProcessRuntime:
 
     def _load(self, target: Target) -> Runnable:
         if target.model_uri:
+            _check_own_model(target)
             if self.context.load_model is None:
                 raise NotDeployable(f"{target.id}: this node cannot load MLflow models")
             return self.context.load_model(target.model_uri)
-        cap = self.context.capabilities.get(target.name)
-        if cap is not None and cap.version == target.version:
+        cap = self._plugin(target)
+        if cap is not None:
             return from_capability(cap)
         raise NotDeployable(
-            f"{target.id} has no MLflow model and no plugin loaded here provides it, "
-            "so it cannot run in process"
+            f"{target.id} has no MLflow model and no plugin of its namespace loaded here "
+            "provides it, so it cannot run in process"
         )
+
+    def _plugin(self, target: Target) -> Capability | None:
+        """The loaded plugin capability a version without a model runs: one of the same
+        name and version whose plugin is the version's own department. Another
+        department's plugin never runs under a namespace its author does not own."""
+        cap = self.context.capabilities.get(target.name)
+        if cap is None or cap.version != target.version:
+            return None
+        if plugin_namespace(self.context.node_id, cap) != target.namespace:
+            return None
+        return cap
 
     # ------------------------------------------------------------ processes
 
     def _source(self, target: Target) -> tuple[str, str]:
         """What a worker process loads: a downloaded model directory, or a plugin entry."""
         if target.model_uri:
+            _check_own_model(target)
             if self.context.tracking_uri is None:
                 raise NotDeployable(f"{target.id}: this node has no MLflow to load it from")
             from .loading import download_model
@@ -171,10 +188,12 @@ class InProcessRuntime:
             return "model", download_model(
                 target.model_uri, self.context.tracking_uri, self.context.registry_uri
             )
-        cap = self.context.capabilities.get(target.name)
-        if cap is not None and cap.version == target.version:
+        cap = self._plugin(target)
+        if cap is not None:
             return "entry", cap.entry
-        raise NotDeployable(f"{target.id} has no MLflow model and no plugin loaded here")
+        raise NotDeployable(
+            f"{target.id} has no MLflow model and no plugin of its namespace loaded here"
+        )
 
     def _get_pool(self) -> Pool:
         if self._pool is None:
@@ -219,6 +238,17 @@ class InProcessRuntime:
         if error_kind == "validation":
             raise ValidationFailed(detail, errors=[FieldError(**e) for e in errors])
         raise CapabilityError(detail)
+
+
+def _check_own_model(target: Target) -> None:
+    """Defence in depth: whatever a version's row says, the only model run for it is a
+    version of ``namespace.name`` in this node's own MLflow."""
+    assert target.model_uri is not None
+    if own_model_version(target.namespace, target.name, target.model_uri) is None:
+        raise NotDeployable(
+            f"{target.id}: its model_uri {target.model_uri!r} is not a version of this "
+            f"node's own model {target.namespace}.{target.name}, so it is not loaded"
+        )
 
 
 class _PoolGone(Exception):

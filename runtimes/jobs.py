@@ -9,6 +9,16 @@ at-least-once. A node stopping cleanly puts its running jobs back in the queue. 
 runtime that is down (503) delays the job and retries it, up to ``max_attempts``.
 When a job has a callback URL, its final representation is POSTed there (retried
 with backoff, and again after a restart until delivered or given up).
+
+Callbacks reach only public addresses unless the node's operator allows more
+(:mod:`.outbound`): the URL is checked when the job is queued and again, after
+resolving its host, before each delivery, which then connects to the checked address.
+Deliveries run concurrently, at most a few at once per host, each attempt bounded by a
+short timeout, so slow or dead targets delay only their own callbacks.
+
+A job belongs to its caller: the subject together with the credential's issuer and the
+linked node that forwarded it, so the same subject name from another issuer is someone
+else. Node admins see every job.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -26,8 +37,8 @@ import anyio.to_thread
 import httpx
 import sqlalchemy as sa
 
-from yunnao.plugins.errors import NotFound, YunnaoError
-from yunnao.registry.access import Identity
+from yunnao.plugins.errors import FieldError, NotFound, ValidationFailed, YunnaoError
+from yunnao.registry.access import Action, Entry, Identity, decide
 from yunnao.registry.db import row_write
 from yunnao.registry.problems import problem_of
 from yunnao.registry.tables import Job, utcnow
@@ -35,6 +46,7 @@ from yunnao.registry.tables import Job, utcnow
 from .base import RuntimeDown
 from .gateway import Call, Gateway, target_for
 from .metrics import Metrics
+from .outbound import OutboundGuard, Refused, Unresolved
 
 log = logging.getLogger("yunnao.jobs")
 
@@ -76,7 +88,31 @@ def representation(job: Any) -> dict[str, Any]:
         out["error"] = job.error
     if job.callback_url:
         out["callback"] = {"url": job.callback_url, "status": job.callback_status}
+        if job.callback_error and job.callback_status != "delivered":
+            out["callback"]["error"] = job.callback_error
     return out
+
+
+def owns(identity: Identity, caller: dict[str, Any]) -> bool:
+    """Is ``identity`` the caller that queued a job (``caller``: its stored identity)?
+    The same subject, issued by the same issuer and forwarded by the same linked node
+    (or by none). A job queued anonymously is anyone's who holds its id."""
+    if caller.get("subject") is None:
+        return True
+    return (
+        identity.subject == caller.get("subject")
+        and identity.issuer == caller.get("issuer")
+        and identity.peer == caller.get("peer")
+    )
+
+
+def _host_of(url: str) -> str:
+    """Deliveries to one host share its slots: scheme, host and port."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "?"
+    return f"{parsed.scheme}://{parsed.host.lower()}:{parsed.port or ''}"
 
 
 class Jobs:
@@ -91,6 +127,11 @@ class Jobs:
         max_attempts: int = 5,
         poll: float = 0.5,
         callback_client: Callable[[], httpx.AsyncClient] | None = None,
+        outbound: OutboundGuard | None = None,
+        callback_timeout: float = 5.0,
+        callbacks_per_host: int = 4,
+        callbacks_queued_per_host: int = 16,
+        callbacks_queued: int = 256,
     ) -> None:
         self.engine = engine
         self.gateway = gateway
@@ -100,9 +141,42 @@ class Jobs:
         self.max_attempts = max_attempts
         self.poll = poll
         self._wake = asyncio.Event()
-        self._client_factory = callback_client or (lambda: httpx.AsyncClient(timeout=10))
+        self.outbound = outbound or OutboundGuard()
+        self.callback_timeout = callback_timeout
+        self.callbacks_per_host = callbacks_per_host
+        self.callbacks_queued_per_host = callbacks_queued_per_host
+        self.callbacks_queued = callbacks_queued
+        # A claimed callback is not claimed again (by any process sharing the store)
+        # before its lease ends: time to wait for its host's slots, then one attempt.
+        rounds = callbacks_queued_per_host // callbacks_per_host + 1
+        self.callback_lease = rounds * (callback_timeout + 5.0)
+        self._sending: dict[str, str] = {}  # job id -> host, claimed by this process
+        self._host_slots: dict[str, anyio.Semaphore] = {}
+        self._client_factory = callback_client or self._callback_client
+
+    def _callback_client(self) -> httpx.AsyncClient:
+        # No proxies from the environment (they would connect elsewhere than the checked
+        # address), no redirects (a target could send the node inside), and a fresh
+        # connection per delivery (a TLS connection is not reused for another host name
+        # that happens to share the address).
+        return httpx.AsyncClient(
+            timeout=self.callback_timeout,
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+        )
 
     # ------------------------------------------------------------ API side
+
+    async def check_callback(self, url: str) -> str:
+        """``url`` if callbacks may go there, or 422 naming ``callback_url``."""
+        try:
+            await self.outbound.aresolve(url)
+        except Refused as exc:
+            raise ValidationFailed(
+                f"callback_url: {exc}", errors=[FieldError("callback_url", str(exc))]
+            ) from None
+        return url
 
     def submit(
         self,
@@ -148,10 +222,11 @@ class Jobs:
             job = conn.execute(sa.select(JOB).where(JOB.c.id == job_id)).first()
         if job is None:
             raise NotFound(f"no job {job_id}")
-        owner = job.caller.get("subject")
-        # Someone else's job looks the same as no job (admins see all).
-        if owner is not None and owner != identity.subject and identity.role != "admin":
-            raise NotFound(f"no job {job_id}")
+        # Someone else's job looks the same as no job (this node's admins see all).
+        if not owns(identity, job.caller or {}):
+            node = Entry(self.gateway.store.node_id)
+            if not decide(identity, Action.MANAGE_NODE, node).allowed:
+                raise NotFound(f"no job {job_id}")
         return representation(job)
 
     # ------------------------------------------------------------ workers
@@ -282,48 +357,122 @@ class Jobs:
     # ------------------------------------------------------------ callbacks
 
     async def _callbacks(self) -> None:
-        async with self._client_factory() as client:
+        """Claim due callbacks and deliver each in its own task, at most
+        ``callbacks_per_host`` at once per host."""
+        async with self._client_factory() as client, anyio.create_task_group() as tg:
             while True:
                 try:
-                    due = await anyio.to_thread.run_sync(self._due_callbacks)
-                    for job in due:
-                        await self._deliver(client, job)
+                    due = await anyio.to_thread.run_sync(self._claim_callbacks)
                 except (sa.exc.SQLAlchemyError, OSError):
                     log.exception("callbacks: the store failed; retrying")
                     due = []
+                for job in due:
+                    self._sending[job.id] = _host_of(job.callback_url)
+                    tg.start_soon(self._deliver, client, job)
                 if not due:
                     await anyio.sleep(self.poll)
 
-    def _due_callbacks(self) -> list[Any]:
+    def _claim_callbacks(self) -> list[Any]:
+        """Due callbacks this process has room for (in all, and per host), oldest
+        first, each claimed for :attr:`callback_lease` seconds."""
+        room = self.callbacks_queued - len(self._sending)
+        if room <= 0:
+            return []
         now = utcnow()
-        stmt = (
-            sa.select(JOB)
+        due = (
+            sa.select(JOB.c.id, JOB.c.callback_url)
             .where(
                 JOB.c.callback_status == "pending",
                 JOB.c.status.in_(("succeeded", "failed")),
                 JOB.c.not_before <= now,
             )
             .order_by(JOB.c.finished_at)
-            .limit(50)
+            .limit(2000)
         )
+        queued = Counter(self._sending.values())
+        picked = []
         with self.engine.connect() as conn:
-            return list(conn.execute(stmt).all())
+            for job_id, url in conn.execute(due):
+                host = _host_of(url)
+                if job_id in self._sending or queued[host] >= self.callbacks_queued_per_host:
+                    continue  # a slow host's backlog waits; other hosts' callbacks go on
+                queued[host] += 1
+                picked.append(job_id)
+                if len(picked) >= room:
+                    break
+        if not picked:
+            return []
+        claimed = []
+        lease = now + timedelta(seconds=self.callback_lease)
+        with row_write(self.engine) as conn:
+            for job_id in picked:
+                done = conn.execute(
+                    sa.update(JOB)
+                    .where(
+                        JOB.c.id == job_id,
+                        JOB.c.callback_status == "pending",
+                        JOB.c.not_before <= now,
+                    )
+                    .values(not_before=lease)
+                )
+                if done.rowcount == 1:  # not claimed by another process meanwhile
+                    claimed.append(job_id)
+            if not claimed:
+                return []
+            rows = conn.execute(sa.select(JOB).where(JOB.c.id.in_(claimed))).all()
+        return sorted(rows, key=lambda r: r.finished_at)
 
     async def _deliver(self, client: httpx.AsyncClient, job: Any) -> None:
-        attempt = job.callback_attempts + 1
+        host = self._sending[job.id]
+        slots = self._host_slots.get(host)
+        if slots is None:
+            slots = self._host_slots[host] = anyio.Semaphore(self.callbacks_per_host)
         try:
-            response = await client.post(job.callback_url, json=representation(job))
-            delivered = response.status_code < 300
-            why = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            delivered, why = False, f"{type(exc).__name__}: {exc}"
+            async with slots:
+                await self._attempt(client, job)
+        except (sa.exc.SQLAlchemyError, OSError):
+            # The outcome was not recorded: the claim's lease runs out and it goes again.
+            log.exception("job %s: could not record its callback's outcome", job.id)
+        finally:
+            del self._sending[job.id]
+            if host not in self._sending.values():
+                self._host_slots.pop(host, None)
+
+    async def _attempt(self, client: httpx.AsyncClient, job: Any) -> None:
+        attempt = job.callback_attempts + 1
+        delivered, final = False, False
+        try:
+            target = await self.outbound.aresolve(job.callback_url)
+        except Unresolved as exc:
+            why = str(exc)
+        except Refused as exc:
+            # Checked when queued; refused now (the name resolves inside, or the
+            # operator's allow-list changed): nothing is sent, and never will be.
+            why, final = f"refused: {exc}", True
+        else:
+            url, headers, extensions = target.request()
+            try:
+                with anyio.fail_after(self.callback_timeout):
+                    async with client.stream(
+                        "POST",
+                        url,
+                        json=representation(job),
+                        headers=headers,
+                        extensions=extensions,
+                    ) as response:  # the answer's body is not read
+                        delivered = response.status_code < 300
+                        why = f"HTTP {response.status_code}"
+            except TimeoutError:
+                why = f"no answer within {self.callback_timeout:g} s"
+            except httpx.HTTPError as exc:
+                why = f"{type(exc).__name__}: {exc}"
         if delivered:
-            state, delay = "delivered", 0.0
-        elif attempt >= self.max_attempts:
-            state, delay = "failed", 0.0
+            state, delay, error = "delivered", 0.0, None
+        elif final or attempt >= self.max_attempts:
+            state, delay, error = "failed", 0.0, why
             log.warning("job %s: giving up on callback %s (%s)", job.id, job.callback_url, why)
         else:
-            state, delay = "pending", 2.0 ** (attempt - 1)
+            state, delay, error = "pending", 2.0 ** (attempt - 1), why
             log.info("job %s: callback %s failed (%s); retry in %g s", job.id, job.callback_url,
                      why, delay)  # fmt: skip
 
@@ -335,6 +484,7 @@ class Jobs:
                     .values(
                         callback_status=state,
                         callback_attempts=attempt,
+                        callback_error=error[:500] if error else None,
                         not_before=utcnow() + timedelta(seconds=delay),
                     )
                 )

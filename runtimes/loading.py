@@ -8,6 +8,7 @@ its own validation, bypassing MLflow's DataFrame-oriented ``predict`` path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from yunnao.plugins.capability import Capability
@@ -34,8 +35,10 @@ def from_capability(cap: Capability) -> Runnable:
 def load_runnable(
     model: str, tracking_uri: str | None = None, registry_uri: str | None = None
 ) -> Runnable:
-    """Load ``model`` (a ``models:/`` URI resolved through MLflow at ``tracking_uri``, or
-    a local directory of a downloaded pyfunc model) as a :class:`Runnable`."""
+    """Load ``model`` (a ``models:/name/N`` URI resolved through MLflow at
+    ``tracking_uri``, or a local directory of a pyfunc model this node downloaded from
+    it) as a :class:`Runnable`. Nothing else is loaded: not a URL, a run, or any other
+    location MLflow's own loader would fetch and unpickle."""
     if model.startswith("models:/"):
         from yunnao.registry.models import ModelStore
 
@@ -43,6 +46,8 @@ def load_runnable(
             raise ValueError(f"loading {model} needs the MLflow tracking URI")
         pyfunc_model = ModelStore(tracking_uri, registry_uri).load(model)
     else:
+        if not Path(model).is_dir():
+            raise ValueError(f"{model!r} is neither a models:/ URI nor a downloaded model")
         import mlflow.pyfunc
 
         from yunnao.registry import pyfunc  # noqa: F401  (quiets MLflow's import warnings)

@@ -5,17 +5,22 @@ entries from below, the parent for entries followed from above), which runs it o
 forwards it again, hop by hop, to the origin. Each hop sends an assertion signed with
 its own node key that carries the caller, so the origin's access rules decide; the
 origin's answer, error or not, comes back as it was given (problem+json included).
+
+The assertion also carries the nodes the call has visited and the caller's deadline:
+a call that would reach a node twice is refused with 508 (here, before it is sent,
+and at the node that would see it again), and each hop gets only the time left.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from yunnao.plugins.errors import FieldError, YunnaoError
+from yunnao.plugins.errors import FieldError, LoopDetected, YunnaoError
 from yunnao.registry.access import ANONYMOUS
 
 from .base import (
@@ -86,13 +91,35 @@ class RemoteRuntime:
         node, url = self._url(target)
         call = current_call.get()
         caller = call.caller if call is not None else ANONYMOUS
+        here = self.context.node_id
+        visited = (*(call.visited if call is not None else ()), here)
+        if node in visited:
+            raise LoopDetected(
+                f"{target.id} would go to node {node} again (path: {' -> '.join(visited)} "
+                f"-> {node}): the runtime bindings of these nodes form a loop",
+                extra={"visited": list(visited)},
+            )
+        deadline = call.deadline if call is not None else None
+        if deadline is None:
+            deadline = time.time() + timeout
+        left = deadline - time.time()
+        if left <= 0:
+            raise InvocationTimeout(f"the caller's deadline passed before node {node} was called")
+        timeout = min(timeout, left)
+        path = f"/v1/invoke/{target.namespace}/{target.name}@{target.version}"
         assert self.context.assertion is not None
-        headers = {"Authorization": f"Bearer {self.context.assertion(node, caller)}"}
+        assertion = self.context.assertion(
+            node, caller, route=path, visited=visited[:-1], deadline=deadline
+        )
+        headers = {"Authorization": f"Bearer {assertion}"}
         if call is not None and call.request_id:
             headers["X-Request-Id"] = call.request_id
-        path = f"/v1/invoke/{target.namespace}/{target.name}@{target.version}"
         body = {"input": inputs, "timeout": timeout}
-        client_timeout = aiohttp.ClientTimeout(total=timeout + 5, connect=self.connect_timeout)
+        # The next node answers 504 by the deadline itself; the second of slack lets that
+        # answer arrive, and nothing here waits longer.
+        client_timeout = aiohttp.ClientTimeout(
+            total=timeout + 1, connect=min(self.connect_timeout, timeout)
+        )
         try:
             async with self.session.post(
                 url + path, json=body, headers=headers, timeout=client_timeout

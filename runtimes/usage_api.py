@@ -1,4 +1,7 @@
-"""``GET /v1/usage``: usage statistics per day, by capability, department or node."""
+"""``GET /v1/usage``: usage statistics per day, by capability, department or node.
+
+A report covers the namespaces the caller's token is scoped to, and within them only
+the capabilities the policy module lets the caller discover."""
 
 from __future__ import annotations
 
@@ -59,7 +62,12 @@ async def usage(request: Request) -> Response:
     engine = request.app.state.usage_engine
     rows = await anyio.to_thread.run_sync(
         lambda: report(
-            engine, since=since, until=until, by=query.by, namespaces=list(identity.scopes)
+            engine,
+            since=since,
+            until=until,
+            by=query.by,
+            namespaces=list(identity.scopes),
+            identity=identity,
         )
     )
     items = [UsageRowOut(**vars(r)) for r in rows]
@@ -73,7 +81,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         usage,
         "usageReport",
         "Calls, answers, latency and callers per day, by capability, department or node "
-        "(of the namespaces the token covers)",
+        "(of the namespaces the token covers, and only of capabilities the caller may discover)",
         tag="invocation",
         query=UsageQuery,
         response=UsageReport,

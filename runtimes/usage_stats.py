@@ -1,5 +1,9 @@
 """Usage statistics for assessment: calls, errors, latency and callers per day, by
-capability, department (namespace) or node, from the usage records."""
+capability, department (namespace) or node, from the usage records.
+
+Which capabilities' calls a caller may count is the policy module's decision
+(:func:`~yunnao.registry.visibility.visible`), the same as for search: a capability the
+caller may not discover adds nothing to any row, whichever the grouping."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import Literal
 import numpy as np
 import sqlalchemy as sa
 
-from yunnao.registry import names
+from yunnao.registry import names, visibility
+from yunnao.registry.access import Identity
 from yunnao.registry.tables import UsageRecord
 
 Grouping = Literal["capability", "department", "node"]
@@ -40,6 +45,13 @@ def _key(by: Grouping, namespace: str, name: str) -> str:
     return names.namespace_node(namespace)
 
 
+def _under(scope: str) -> sa.ColumnElement[bool]:
+    """Namespaces at or under ``scope`` (a prefilter; ``names.in_scope`` decides)."""
+    return sa.or_(
+        _usage.c.namespace == scope, _usage.c.namespace.startswith(scope + ".", autoescape=True)
+    )
+
+
 def report(
     engine: sa.Engine,
     *,
@@ -47,21 +59,31 @@ def report(
     until: date,
     by: Grouping = "capability",
     namespaces: list[str] | None = None,
+    identity: Identity | None = None,
 ) -> list[UsageRow]:
     """Rows per (day, key) for calls on days ``since`` up to and excluding ``until``
-    (UTC), in the namespaces under ``namespaces`` (None: all)."""
+    (UTC), in the namespaces under ``namespaces`` (None: all), of the capabilities
+    ``identity`` may discover (None: all, for the node's own tools)."""
     start = datetime.combine(since, time(), tzinfo=UTC)
     end = datetime.combine(until, time(), tzinfo=UTC)
     stmt = sa.select(
         _usage.c.at, _usage.c.namespace, _usage.c.name, _usage.c.status,
         _usage.c.latency_ms, _usage.c.caller,
     ).where(_usage.c.at >= start, _usage.c.at < end)  # fmt: skip
-    groups: dict[tuple[date, str], list[tuple[int, float, str | None]]] = defaultdict(list)
+    if namespaces is not None:
+        stmt = stmt.where(sa.or_(*(_under(s) for s in namespaces), sa.false()))
     with engine.connect() as conn:
-        for at, namespace, name, status, latency, caller in conn.execute(stmt):
-            if namespaces is not None and not any(names.in_scope(namespace, s) for s in namespaces):
-                continue
-            groups[(at.date(), _key(by, namespace, name))].append((status, latency, caller))
+        records = [
+            r
+            for r in conn.execute(stmt)
+            if namespaces is None or any(names.in_scope(r[1], s) for s in namespaces)
+        ]
+    if identity is not None:
+        seen = visibility.visible(identity, engine, {(r[1], r[2]) for r in records})
+        records = [r for r in records if (r[1], r[2]) in seen]
+    groups: dict[tuple[date, str], list[tuple[int, float, str | None]]] = defaultdict(list)
+    for at, namespace, name, status, latency, caller in records:
+        groups[(at.date(), _key(by, namespace, name))].append((status, latency, caller))
     rows = []
     for (day, key), calls in sorted(groups.items()):
         statuses = np.fromiter((c[0] for c in calls), dtype=np.int32, count=len(calls))

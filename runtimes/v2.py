@@ -16,6 +16,7 @@ Errors are problem documents that also carry V2's ``error`` member.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -29,12 +30,13 @@ from yunnao.plugins.errors import BadRequest, FieldError, NotFound, ValidationFa
 from yunnao.plugins.tensor import DATATYPES
 from yunnao.registry.api import Endpoint
 from yunnao.registry.auth import identity_of
-from yunnao.registry.http import read_body
+from yunnao.registry.http import parse_json, read_body
 
 from .base import Target
 from .gateway import Call
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_DIMS = 32  # numpy takes at most 64; no capability's tensor has more than a few
 _SCALARS = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
 
 
@@ -167,6 +169,14 @@ def _encode_bytes(items: list[str]) -> bytes:
     return out
 
 
+def _invalid(field: str, message: str, detail: str) -> ValidationFailed:
+    return ValidationFailed(detail, errors=[FieldError(field, message)])
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _input_value(
     i: int, tensor: dict[str, Any], spec: tuple[str, list[int]], blob: bytes, at: int
 ) -> tuple[Any, int]:
@@ -176,19 +186,34 @@ def _input_value(
     name, given = tensor.get("name"), tensor.get("datatype")
     shape = tensor.get("shape")
     if given != datatype:
-        raise ValidationFailed(
+        raise _invalid(
+            f"{where}.datatype",
+            f"expected {datatype}",
             f"{where} ({name}): datatype {given}, expected {datatype}",
-            errors=[FieldError(f"{where}.datatype", f"expected {datatype}")],
         )
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValidationFailed(
+    if not isinstance(shape, list) or not all(_is_size(d) for d in shape):
+        raise _invalid(
+            f"{where}.shape",
+            "a list of non-negative integers",
             f"{where} ({name}): shape must be a list of sizes",
-            errors=[FieldError(f"{where}.shape", "a list of non-negative integers")],
         )
+    if len(shape) > MAX_DIMS:
+        raise _invalid(
+            f"{where}.shape",
+            f"at most {MAX_DIMS} dimensions",
+            f"{where} ({name}): shape has {len(shape)} dimensions, at most {MAX_DIMS} are taken",
+        )
+    count = math.prod(shape)  # exact: no overflow, whatever the sizes
     size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None and not _is_size(size):
+        raise _invalid(
+            f"{where}.parameters.binary_data_size",
+            "a non-negative integer",
+            f"{where} ({name}): binary_data_size must be a number of bytes, not {size!r}",
+        )
     try:
         if size is not None:
-            raw, at = blob[at : at + int(size)], at + int(size)
+            raw, at = blob[at : at + size], at + size
             if len(raw) != size:
                 raise BadRequest(f"{where} ({name}): binary data shorter than {size} bytes")
             if datatype == "BYTES":
@@ -197,36 +222,83 @@ def _input_value(
                 values = np.frombuffer(raw, dtype=DATATYPES[datatype])
         else:
             if "data" not in tensor:
-                raise ValidationFailed(
+                raise _invalid(
+                    f"{where}.data",
+                    "field required",
                     f"{where} ({name}) has neither data nor binary_data_size",
-                    errors=[FieldError(f"{where}.data", "field required")],
                 )
-            dtype = object if datatype == "BYTES" else DATATYPES[datatype]
-            values = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
-    except (ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:
-        raise BadRequest(f"{where} ({name}): cannot read its {datatype} data: {exc}") from None
-    count = int(np.prod(shape)) if shape else 1
+            data = tensor["data"]
+            if datatype == "BYTES":
+                values = np.asarray(data, dtype=object).reshape(-1)
+                if not all(isinstance(v, str) for v in values):
+                    raise _invalid(
+                        f"{where}.data",
+                        "strings, in a flat list or nested as the shape",
+                        f"{where} ({name}): BYTES data must be strings",
+                    )
+            else:
+                values = np.asarray(data, dtype=DATATYPES[datatype]).reshape(-1)
+    except (ValueError, TypeError, OverflowError, struct.error, UnicodeDecodeError) as exc:
+        raise BadRequest(
+            f"{where} ({name}): cannot read its {datatype} data: {exc}",
+            errors=[FieldError(f"{where}.data", f"not {datatype} data: {exc}")],
+        ) from None
     if values.size != count:
-        raise ValidationFailed(
+        raise _invalid(
+            f"{where}.shape",
+            f"holds {count} elements, data has {values.size}",
             f"{where} ({name}): {values.size} elements do not fill shape {shape}",
-            errors=[
-                FieldError(f"{where}.shape", f"holds {count} elements, data has {values.size}")
-            ],
         )
-    return values.reshape(shape), at
+    try:
+        return values.reshape(shape), at
+    except (ValueError, OverflowError) as exc:  # e.g. [0, 2**70]: no elements, too large
+        raise _invalid(
+            f"{where}.shape", f"not a shape numpy can take: {exc}", f"{where} ({name}): {exc}"
+        ) from None
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    """The members of an inference request that name things are what V2 says they are
+    (so that a list where an object belongs is a 422 naming it, not a failure)."""
+
+    def parameters(value: Any, where: str) -> None:
+        if value is not None and not isinstance(value, dict):
+            raise _invalid(where, "an object", f"{where} must be an object")
+
+    parameters(header.get("parameters"), "parameters")
+    tensors = header.get("inputs")
+    if not isinstance(tensors, list):
+        raise _invalid("inputs", "required", "inputs: expected a list of tensors")
+    for i, tensor in enumerate(tensors):
+        if not isinstance(tensor, dict):
+            raise _invalid(f"inputs[{i}]", "an object", f"inputs[{i}] must be a tensor object")
+        if not isinstance(tensor.get("name"), str):
+            raise _invalid(f"inputs[{i}].name", "a string", f"inputs[{i}]: name must be a string")
+        parameters(tensor.get("parameters"), f"inputs[{i}].parameters")
+    outputs = header.get("outputs")
+    if outputs is None:
+        return
+    if not isinstance(outputs, list):
+        raise _invalid("outputs", "a list", "outputs must be a list of requested outputs")
+    for i, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise _invalid(
+                f"outputs[{i}]", "an object with a name", f"outputs[{i}] must name an output"
+            )
+        parameters(output.get("parameters"), f"outputs[{i}].parameters")
 
 
 def _inputs(target: Target, header: dict[str, Any], blob: bytes) -> dict[str, Any]:
     specs = tensor_specs(dict(target.input_schema)) or {}
-    tensors = header.get("inputs")
-    if not isinstance(tensors, list):
-        raise ValidationFailed(
-            "inputs: expected a list of tensors", errors=[FieldError("inputs", "required")]
-        )
+    _check_header(header)
     out: dict[str, Any] = {}
     at = 0
-    for i, tensor in enumerate(tensors):
-        name = tensor.get("name") if isinstance(tensor, dict) else None
+    for i, tensor in enumerate(header["inputs"]):
+        name = tensor["name"]
+        if name in out:
+            raise _invalid(
+                f"inputs[{i}].name", "named once", f"inputs[{i}]: input {name!r} is sent twice"
+            )
         if name not in specs:
             raise ValidationFailed(
                 f"inputs[{i}]: {target.id} has no input {name!r} (it has: {', '.join(specs)})",
@@ -299,10 +371,7 @@ async def infer(request: Request) -> Response:
         head, blob = raw[: int(length)], raw[int(length) :]
     else:
         head, blob = raw, b""
-    try:
-        header = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"inference request is not valid JSON: {exc}") from None
+    header = parse_json(head, what="inference request")
     if not isinstance(header, dict):
         raise BadRequest("inference request must be a JSON object")
     inputs = _inputs(call.target, header, blob)

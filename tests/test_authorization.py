@@ -8,6 +8,7 @@ not computed by the policy module, so a change of behaviour fails here.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,16 +54,21 @@ class AuthzNode:
 @pytest.fixture(scope="module")
 def authz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthzNode]:
     """A node with one invocable model published through MLflow, and copies of it as
-    capabilities of each classification (same model, published over HTTP)."""
+    capabilities of each classification (same code, logged under each name, published
+    over HTTP)."""
     tmp: Path = tmp_path_factory.mktemp("authz")
     config = Settings(node_id=NODE, data_dir=tmp, plugins=False)
     app = create_app(config)
     with TestClient(app, raise_server_exceptions=False) as client:
         greet = rt_capabilities()["greet"]
-        version = app.state.catalog.publisher.publish(greet, namespace=NS).version
+        publisher = app.state.catalog.publisher
+        version = publisher.publish(greet, namespace=NS).version
         node = AuthzNode(client, config)
         admin = node.headers("admin", NODE)
         for cls in CLASSES:
+            # A version may name only its own model: log the same code under each name.
+            copy = dataclasses.replace(greet, name=f"c-{cls}")
+            model_uri = publisher.models.log(copy, namespace=NS, node=NODE).model_uri
             body = {
                 "version": "1.0.0",
                 "title": f"{cls} greeter",
@@ -70,7 +76,7 @@ def authz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthzNode]:
                 "input_schema": version.input_schema,
                 "output_schema": version.output_schema,
                 "runtime": version.runtime.model_dump(),
-                "model_uri": version.model_uri,
+                "model_uri": model_uri,
             }
             resp = client.post(f"/v1/capabilities/{NS}/c-{cls}/versions", json=body, headers=admin)
             assert resp.status_code == 201, resp.text
@@ -101,11 +107,16 @@ ALLOWED_STATUS = {
 
 
 def expected_read(role: str | None, scope: str, cls: str) -> bool:
-    """May discover: public for everyone; internal for signed-in staff; restricted for
-    staff scoped to its namespace (the node scope covers it)."""
+    """May discover: public for everyone; internal for signed-in callers; restricted for
+    members of the owning department (a scope at or below its namespace) and, for
+    administration, admins and auditors scoped over it (the node scope covers it). A
+    consumer, author or operator scoped to the whole node is no member of each
+    department."""
     if role is None:
         return cls == "public"
-    if scope in ("namespace", "node"):
+    if scope == "namespace":
+        return True
+    if scope == "node" and role in ("admin", "auditor"):
         return True
     return cls != "restricted"
 

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.cascade_support import signed_capability
 from tests.conftest import NODE_ID, Node, _node, assert_problem
 from yunnao.cascade.apply import Applier, CheckpointMoved
 from yunnao.cascade.compaction import compact
@@ -259,6 +260,9 @@ def test_a_feed_applies_to_a_parent_store_once_and_compacts(
         ("parent", "sd", "sd.qe", "sd.qe.x/cap", "internal", "all", None),
         ("parent", "sd", "sd.qe", "sd.qe.x/cap", "internal", "up", "not share sideways"),
         ("parent", "sd", "sd.qd", "sd.qd.x/cap", "public", "all", "this node or below"),
+        # the capability's origin_node is the node that signed it
+        ("child", "sd.qd.a", "sd.qd.a", "sd.qd.a.x/cap@sd.qd", "public", "all", "signed it"),
+        ("child", "sd.qd.a", "sd.qd.a", "sd.qd.a.x/cap@sd.qd.b", "public", "all", "signed it"),
     ],
 )
 def test_the_receiving_side_enforces_ownership_and_classification(
@@ -270,12 +274,17 @@ def test_the_receiving_side_enforces_ownership_and_classification(
     share: str,
     refused: str | None,
 ) -> None:
+    key, _, labelled = key.partition("@")  # "@node": the origin_node the entry names
     item = {
         "origin": origin,
         "entity": "capability",
         "key": key,
         "op": "upsert",
-        "entry": {"classification": classification, "share": share},
+        "entry": {
+            "classification": classification,
+            "share": share,
+            "origin_node": labelled or origin,
+        },
     }
     this = "sd.qd"
     answer = refusal(item, this_node=this, peer=peer, relation=relation)
@@ -287,4 +296,121 @@ def test_the_receiving_side_enforces_ownership_and_classification(
     # ownership forgery, which only the receiving side can catch.
     reader = Reader("parent") if relation == "child" else Reader("child", this)
     sent = may_send(item, this_node=peer, reader=reader)
-    assert sent == (refused is None) or refused == "belongs to node"
+    assert sent == (refused is None) or refused in ("belongs to node", "signed it")
+
+
+@pytest.mark.parametrize(
+    ("op", "origin", "key", "refused"),
+    [
+        # a followed parent withdraws what it passed on, wherever it came from ...
+        ("delete", "sd", "sd.qe.x/cap", None),
+        ("delete", "sd", "sd.y/cap", None),
+        ("delete", "sd.qe", "sd.qe.a.x/cap", None),
+        # ... but never deletes (or changes) an entry of this node or its subtree
+        ("delete", "sd", "sd.qd.x/cap", "in this node's subtree"),
+        ("delete", "sd", "sd.qd.a.x/cap", "in this node's subtree"),
+        ("upsert", "sd", "sd.qd.a.x/cap", "in this node's subtree"),
+        # a tombstone by another node than the parent names only that node's subtree
+        ("delete", "sd.qe", "sd.qf.x/cap", "belongs to node"),
+    ],
+)
+def test_a_parent_never_takes_what_is_not_its_own(
+    op: str, origin: str, key: str, refused: str | None
+) -> None:
+    namespace, _, name = key.partition("/")
+    entry: dict[str, Any] = {"namespace": namespace, "name": name}
+    if op == "upsert":
+        entry |= {"origin_node": origin, "classification": "public", "share": "all"}
+    item = {"origin": origin, "entity": "capability", "key": key, "op": op, "entry": entry}
+    answer = refusal(item, this_node="sd.qd", peer="sd", relation="parent")
+    if refused is None:
+        assert answer is None
+    else:
+        assert answer is not None and refused in answer[0] and answer[1], answer
+    # Nor does a parent's feed offer a child anything of the child's own subtree.
+    if refused == "in this node's subtree":
+        assert not may_send(item, this_node="sd", reader=Reader("child", "sd.qd"))
+    # A key of a node in this node's subtree is not the parent's to vouch for.
+    node = {"origin": "sd", "entity": "node", "key": "sd.qd.a.b", "op": "upsert", "entry": {}}
+    vouched = refusal(node, this_node="sd.qd", peer="sd", relation="parent")
+    assert vouched is not None and vouched[1]
+
+
+def test_a_peer_changes_only_the_replicas_it_sent(database_url: str) -> None:
+    """A node that links a grandchild directly takes that grandchild's entries from it
+    only: the child between them may not delete (or re-send) them."""
+    engine = db.create_engine(database_url)
+    try:
+        store = RegistryStore(engine, "sd.qd")
+        key = Ed25519PrivateKey.generate()
+        peers, applier = PeerStore(store, key), Applier("sd.qd", key, store.transaction)
+        a_key, b_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        for peer_id, peer_key in (("sd.qd.a", a_key), ("sd.qd.a.b", b_key)):
+            peers.add(
+                peer_id,
+                relation="child",
+                public_key=tokens.public_key_text(peer_key),
+                url=None,
+                pull=False,
+                push=False,
+            )
+        ref = "sd.qd.a.b.x/cap"
+
+        def send(peer_id: str, item: dict[str, Any]) -> Any:
+            peer = peers.get(peer_id)
+            assert peer is not None
+            at = peer.checkpoint
+            return applier.apply(peer, [item], since=at, next_seq=at, head=at)
+
+        assert send("sd.qd.a.b", signed_capability(b_key, "sd.qd.a.b", ref)).applied == 1
+        # The child in between vouches for a deletion, or passes on b's own item: refused.
+        for item in (
+            signed_capability(a_key, "sd.qd.a", ref, op="delete", seq=2),
+            signed_capability(b_key, "sd.qd.a.b", ref, seq=3),
+        ):
+            outcome = send("sd.qd.a", item)
+            assert outcome.applied == 0 and len(outcome.rejected) == 1
+            assert "came through sd.qd.a.b, not through sd.qd.a" in outcome.rejected[0][0]
+        assert _contents(engine, "sd.qd.a.b").keys() == {ref}
+        # Unlinked, b's entries are the child's to pass on again.
+        peers.remove("sd.qd.a.b")
+        assert (
+            send("sd.qd.a", signed_capability(a_key, "sd.qd.a", ref, op="delete", seq=4)).applied
+            == 1
+        )
+        assert _contents(engine, "sd.qd.a.b") == {}
+    finally:
+        engine.dispose()
+
+
+def test_a_narrowed_entry_goes_to_followers_as_a_tombstone(node: Node) -> None:
+    """Made internal, an entry a following child may not hold is withdrawn from it, also
+    when the child reads the feed again from 0 after a compaction; the parent still gets
+    the entry itself."""
+    admin = node.auth("admin", NODE_ID)
+    assert node.publish(NS, "census", classification="public").status_code == 201
+    assert node.publish(NS, "staff", classification="internal").status_code == 201
+    resp = node.client.patch(
+        f"/v1/capabilities/{NS}/census", json={"classification": "internal"}, headers=admin
+    )
+    assert resp.status_code == 200
+    feed: Feed = node.client.app.state.cascade.feed  # type: ignore[attr-defined]
+    public = tokens.load_or_create_key(node.settings.key_path).public_key()
+    child = Reader("child", "sd.qe")
+
+    def withdrawals(since: int) -> list[dict[str, Any]]:
+        items = feed.page(since, 1000, child).items
+        assert not [i for i in items if i["op"] == "upsert" and i["entity"] != "namespace"]
+        for item in items:
+            assert verify(public, signed_part(item), item["signature"])
+        return [i for i in items if i["op"] == "delete"]
+
+    first = withdrawals(0)
+    assert {i["key"] for i in first} == {f"{NS}/census", f"{NS}/staff"}
+    assert all(i["origin"] == NODE_ID and i["entry"].keys() == {"namespace", "name"} for i in first)
+    parent = feed.page(0, 1000, Reader("parent")).items
+    assert ("capability", f"{NS}/census", "upsert") in {
+        (i["entity"], i["key"], i["op"]) for i in parent
+    }
+    compact(feed, keep_days=0)
+    assert withdrawals(0) == first  # the same tombstones: applying them again is a no-op

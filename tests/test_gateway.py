@@ -72,7 +72,8 @@ def _start(tmp: Path, **settings: Any) -> Iterator[GatewayNode]:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNode]:
     """A node with the test capabilities published (MLflow models, in-process runtime)."""
-    yield from _start(tmp_path_factory.mktemp("gw"), job_workers=2)
+    # Callbacks go to a receiver on loopback: allowed here by the operator's allow-list.
+    yield from _start(tmp_path_factory.mktemp("gw"), job_workers=2, callback_allow=["127.0.0.1"])
 
 
 def test_invoke_returns_the_output_with_the_version_and_request_id(gw: GatewayNode) -> None:

@@ -81,18 +81,19 @@ def test_http_publish_on_a_node_configured_for_remote_mlflow(
         env={"YUNNAO_MLFLOW_TRACKING_URI": mlflow_server.url},
     ).start(timeout=60)  # fmt: skip
     try:
+        scopes = [arg for _, ns in EXAMPLES.values() for arg in ("--namespace", ns)]
         token = cli(
-            "token", "create", "--role", "author", "--namespace", f"{NODE_ID}.urban",
+            "token", "create", "--role", "author", *scopes,
             "--node-id", NODE_ID, "--data-dir", str(data), cwd=tmp_path,
         ).stdout.strip()  # fmt: skip
         auth = {"Authorization": f"Bearer {token}"}
         body = {"capability": "scene-stats", "namespace": f"{NODE_ID}.urban"}
-        for cap, _ in EXAMPLES.values():  # each example, into the token's namespace
+        for cap, namespace in EXAMPLES.values():  # each example, into its own namespace
             if cap.name == "scene-stats":
                 continue  # published below, with its aliases checked
             other = httpx.post(
                 f"{node.url}/v1/publish",
-                json={"capability": cap.name, "namespace": f"{NODE_ID}.urban"},
+                json={"capability": cap.name, "namespace": namespace},
                 headers=auth,
                 timeout=120,
             )

@@ -4,6 +4,7 @@ two ``yunnao serve`` processes on one PostgreSQL store."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ class Limited:
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Limited]:
     """A node where each signed-in caller may call 3 times an hour and each anonymous
-    address twice; capabilities `open-N` are public copies of one model."""
+    address twice; capabilities `open-N` are public copies of one model's code."""
     tmp: Path = tmp_path_factory.mktemp("limited")
     config = Settings(
         node_id=NODE,
@@ -52,18 +53,21 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Limited]:
     )
     app = create_app(config)
     with TestClient(app, raise_server_exceptions=False) as client:
-        version = app.state.catalog.publisher.publish(
-            rt_capabilities()["greet"], namespace=NAMESPACE
-        ).version
+        publisher = app.state.catalog.publisher
+        greet = rt_capabilities()["greet"]
+        version = publisher.publish(greet, namespace=NAMESPACE).version
         node = Limited(client, config)
         for i in range(4):
+            # A version may name only its own model: log the same code under each name.
+            copy = dataclasses.replace(greet, name=f"open-{i}")
+            model_uri = publisher.models.log(copy, namespace=NAMESPACE, node=NODE).model_uri
             body = {
                 "version": "1.0.0",
                 "title": f"open {i}",
                 "classification": "public",
                 "input_schema": version.input_schema,
                 "runtime": version.runtime.model_dump(),
-                "model_uri": version.model_uri,
+                "model_uri": model_uri,
             }
             resp = client.post(
                 f"/v1/capabilities/{NAMESPACE}/open-{i}/versions",

@@ -5,21 +5,40 @@ catalogs, and the schema helpers behind the "try it" form."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from tests.conftest import NODE_ID, Node
 from yunnao.catalog_ui import forms, i18n, text
 from yunnao.plugins.errors import ValidationFailed
+from yunnao.registry import tokens
+from yunnao.registry.access import Identity
 from yunnao.registry.auth import SESSION_COOKIE
 
 NS = f"{NODE_ID}.traffic"
 UI = Path(__file__).resolve().parents[1] / "catalog_ui"
 
 
+def _session_token(node: Node, role: str = "consumer", *scopes: str) -> str:
+    """A web page session, as the sign-in makes it (audience <node>#ui)."""
+    key = tokens.load_or_create_key(node.settings.key_path)
+    who = Identity(
+        subject="tester", role=role, scopes=scopes or (NODE_ID,), issuer=NODE_ID, node=NODE_ID
+    )
+    return tokens.issue_session(key, node_id=NODE_ID, identity=who, ttl=timedelta(hours=1))
+
+
 def _session(node: Node, role: str = "consumer", *scopes: str) -> None:
-    node.client.cookies.set(SESSION_COOKIE, node.token(role, *(scopes or (NODE_ID,))))
+    node.client.cookies.set(SESSION_COOKIE, _session_token(node, role, *scopes))
+
+
+def _loopback(node: Node) -> TestClient:
+    """A client of the same app whose requests come from 127.0.0.1 (the default
+    TestClient's address, "testclient", is not loopback: the dev sign-in refuses it)."""
+    return TestClient(node.client.app, client=("127.0.0.1", 50000))
 
 
 def test_pages_show_what_the_session_may_discover(sqlite_node: Node) -> None:
@@ -35,6 +54,15 @@ def test_pages_show_what_the_session_may_discover(sqlite_node: Node) -> None:
     # The cookie is for the pages only: the API ignores it (no cross-site API calls).
     api = sqlite_node.client.get(f"/v1/capabilities/{NS}/staff")
     assert api.status_code == 404
+    # ... and refuses its value as a bearer token; an API token is no session either.
+    session = sqlite_node.client.cookies[SESSION_COOKIE]
+    sqlite_node.client.cookies.clear()
+    as_bearer = sqlite_node.client.get(
+        f"/v1/capabilities/{NS}/staff", headers={"Authorization": f"Bearer {session}"}
+    )
+    assert as_bearer.status_code == 401 and "web page session" in as_bearer.text
+    sqlite_node.client.cookies.set(SESSION_COOKIE, sqlite_node.token("admin", NODE_ID))
+    assert "内部能力" not in sqlite_node.client.get("/").text
     # An expired or forged cookie is a signed-out visitor, not an error.
     sqlite_node.client.cookies.set(SESSION_COOKIE, "garbage")
     assert sqlite_node.client.get(f"/c/{NS}/staff").status_code == 404
@@ -42,13 +70,20 @@ def test_pages_show_what_the_session_may_discover(sqlite_node: Node) -> None:
 
 
 def test_the_dev_sign_in_and_its_limits(sqlite_node: Node) -> None:
-    client = sqlite_node.client
+    client = _loopback(sqlite_node)
     form = {"subject": "王芳", "role": "author", "scope": NS, "department": NS}
     # sqlite_node is given a database URL: not embedded defaults, so the dev sign-in is off.
     refused = client.post("/signin", data=form, follow_redirects=False)
     assert refused.status_code == 403 and "dev sign-in is off" in refused.text
+    assert "dev-signin-banner" not in client.get("/").text
     sqlite_node.settings.ui_dev_signin = True
     try:
+        assert "dev-signin-banner" in client.get("/").text
+        # Only from this machine, and not through a proxy.
+        remote = sqlite_node.client.post("/signin", data=form, follow_redirects=False)
+        assert remote.status_code == 403 and "this node&#39;s own machine" in remote.text
+        proxied = client.post("/signin", data=form, headers={"X-Forwarded-For": "203.0.113.9"})
+        assert proxied.status_code == 403 and "proxy" in proxied.text
         crossed = client.post(
             "/signin", data=form, headers={"Origin": "http://evil.example"}, follow_redirects=False
         )
@@ -60,8 +95,18 @@ def test_the_dev_sign_in_and_its_limits(sqlite_node: Node) -> None:
         cookie = done.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=lax" in cookie
         assert "王芳" in client.get("/").text
+        # The session is no API credential.
+        bearer = {"Authorization": f"Bearer {client.cookies[SESSION_COOKIE]}"}
+        api = client.get("/v1/capabilities", headers=bearer)
+        assert api.status_code == 401
+        # A node listening on another address has no dev sign-in, whatever it is set to.
+        sqlite_node.settings.host = "0.0.0.0"
+        off = client.post("/signin", data=form, follow_redirects=False)
+        assert off.status_code == 403 and "loopback" in off.text
+        assert "dev-signin-banner" not in client.get("/").text
     finally:
         sqlite_node.settings.ui_dev_signin = None
+        sqlite_node.settings.host = "127.0.0.1"
 
 
 def test_try_it_refuses_posts_from_other_sites(sqlite_node: Node) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio.to_thread
 import sqlalchemy as sa
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -41,13 +41,14 @@ from yunnao.registry.schemas import Health
 from yunnao.registry.store import RegistryStore
 from yunnao.runtimes import api as gateway_api
 from yunnao.runtimes import builtin as builtin_runtimes
-from yunnao.runtimes import usage_api, v2
+from yunnao.runtimes import metrics_view, usage_api, v2
 from yunnao.runtimes.base import RuntimeContext
 from yunnao.runtimes.gateway import Gateway
 from yunnao.runtimes.jobs import Jobs
 from yunnao.runtimes.loading import load_runnable
 from yunnao.runtimes.manager import Runtimes
 from yunnao.runtimes.metrics import Metrics
+from yunnao.runtimes.outbound import OutboundGuard
 from yunnao.runtimes.ratelimit import limiter_for
 from yunnao.runtimes.usage import UsageLog
 
@@ -160,8 +161,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     peers = PeerStore(store, key)
     peer_keys = PeerKeys(peers)
     context.peer_url = lambda node: peer_keys.url(node)
-    context.assertion = lambda node, caller: assertions.issue(
-        key, node_id=settings.node_id, audience=node, purpose="invoke", caller=caller
+    context.assertion = lambda node, caller, **bound: assertions.issue(
+        key, node_id=settings.node_id, audience=node, purpose="invoke", caller=caller, **bound
     )
     runtimes = Runtimes(plugins.runtimes, settings.runtimes, context)
     metrics = Metrics()
@@ -189,6 +190,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         workers=settings.job_workers,
         lease_grace=settings.job_lease_grace,
         max_attempts=settings.job_max_attempts,
+        outbound=OutboundGuard(settings.callback_allow),
     )
 
     sso = single_sign_on(settings)
@@ -210,7 +212,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 f"token issued by {issuer!r}, which this node does not accept (neither this "
                 "node, its identity provider, nor a linked node)"
             )
-        return assertions.verify(peer_key, peer=issuer, node_id=settings.node_id, token=token)
+        return assertions.verify(
+            peer_key,
+            peer=issuer,
+            node_id=settings.node_id,
+            token=token,
+            relation=peer_keys.relation(issuer),
+        )
 
     feed = Feed(engine, settings.node_id, key, share_internal=settings.cascade_share_internal)
     applier = Applier(settings.node_id, key, store.transaction)
@@ -250,11 +258,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
 
     async def prometheus(request: Request) -> Response:
-        # Labels name capabilities, hidden ones included: operators only.
-        require(identity_of(request), Action.READ_NODE, settings.node_id)
+        # Operators only; labels name capabilities: each shows only to whom the policy
+        # lets discover it.
+        identity = identity_of(request)
+        require(identity, Action.READ_NODE, settings.node_id)
         for rtype, health in (await runtimes.health()).items():
             metrics.runtime_up.labels(rtype).set(1 if health.ok else 0)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = await anyio.to_thread.run_sync(
+            metrics_view.exposition, metrics.registry, identity, engine
+        )
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     # The invocation routes first: they take the most traffic, and routes match in order.
     endpoints = (
@@ -350,7 +363,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 log=audit,
                 actions={**{e.handler: e.operation_id for e in endpoints}, **catalog_ui.ACTIONS},
             ),
-            Middleware(AuthMiddleware, verify=verify),
+            Middleware(
+                AuthMiddleware,
+                verify=verify,
+                verify_session=lambda t: tokens.verify_session(public_key, settings.node_id, t),
+            ),
+            # A linked node's assertion serves only its purpose and route, once.
+            Middleware(assertions.AssertionUse),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,

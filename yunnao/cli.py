@@ -32,7 +32,10 @@ def _settings(**overrides: Any) -> Any:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        msgs = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
         raise click.UsageError(msgs) from None
 
 
@@ -169,6 +172,14 @@ def main() -> None:
     "for trying a plugin before installing it)",
 )
 @click.option(
+    "--ui-dev-signin/--no-ui-dev-signin",
+    "ui_dev_signin",
+    default=None,
+    help="The web catalog's dev sign-in (anyone may choose who they are): only for a node "
+    "listening on loopback; refused with any other --host. Default: on for embedded "
+    "defaults on loopback  [env YUNNAO_UI_DEV_SIGNIN]",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -183,6 +194,7 @@ def serve(
     port: int,
     publish_plugins: bool | None,
     plugin_targets: tuple[str, ...],
+    ui_dev_signin: bool | None,
     log_level: str,
 ) -> None:
     """Run a registry node.
@@ -205,6 +217,7 @@ def serve(
         port=port,
         publish_plugins=publish_plugins,
         plugin_targets=list(plugin_targets) or None,
+        ui_dev_signin=ui_dev_signin,
     )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
@@ -220,6 +233,16 @@ def serve(
         f"[bold]Yunnao[/bold] node [cyan]{settings.node_id}[/cyan] on "
         f"http://{host}:{port}  (store: {_redact(settings.db_url)})"
     )
+    if settings.dev_signin:
+        err_console.print(
+            "[yellow]Dev sign-in is on[/yellow] (loopback only): anyone on this machine may "
+            "sign in to the web catalog as anybody. Not for production."
+        )
+    elif settings.ui_dev_signin is None and not (settings.database_url or settings.oidc_issuer):
+        err_console.print(
+            f"Dev sign-in is off: this node listens on {host}, not on loopback "
+            "(sign in with single sign-on, or call the API with node tokens or API keys)."
+        )
 
     class NodeServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

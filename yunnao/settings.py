@@ -3,14 +3,34 @@ embedded defaults (SQLite under ``./var``, a generated node key)."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from yunnao.registry import names
 from yunnao.registry.schemas import RateLimit
+from yunnao.runtimes.outbound import parse_allow
+
+
+def is_loopback(host: str | None) -> bool:
+    """Is ``host`` (a listen address or a client address) this machine's loopback:
+    127.0.0.0/8, ::1 (also IPv4-mapped) or ``localhost``."""
+    if not host:
+        return False
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 class Settings(BaseSettings):
@@ -106,12 +126,33 @@ class Settings(BaseSettings):
     )
     ui_dev_signin: bool | None = Field(
         None,
-        description="the web catalog's dev sign-in (choose a role, get a node token); unset: "
-        "on for embedded defaults only (no database URL, no identity provider)",
+        description="the web catalog's dev sign-in (choose a role, get a session); only on a "
+        "node listening on loopback (a node on another address refuses to start with it "
+        "set to true); unset: on for embedded defaults on loopback only (no database URL, "
+        "no identity provider)",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")
+    callback_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="job callbacks may reach these internal addresses (networks such as "
+        "10.20.0.0/16, addresses, host names, *.domain), comma-separated or a JSON list; "
+        "unset: callbacks reach public addresses only, never loopback, link-local (cloud "
+        "metadata), private or reserved ones",
+    )
+
+    @field_validator("callback_allow", mode="before")
+    @classmethod
+    def _callback_allow(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list | tuple):
+            entries = [str(v).strip() for v in value if str(v).strip()]
+            parse_allow(entries)  # raises ValueError naming a bad entry
+            return entries
+        return value
 
     @field_validator("node_id")
     @classmethod
@@ -119,6 +160,26 @@ class Settings(BaseSettings):
         if not names.is_node_id(value):
             raise ValueError(f"invalid node id {value!r}: {names.NODE_ID_RULE}")
         return value
+
+    @model_validator(mode="after")
+    def _dev_signin_on_loopback_only(self) -> Settings:
+        if self.ui_dev_signin and not is_loopback(self.host):
+            raise ValueError(
+                f"the dev sign-in (ui_dev_signin) lets anyone choose who they are: it is only "
+                f"for a node listening on loopback (127.0.0.1, ::1, localhost), not on "
+                f"{self.host!r}; turn it off, or sign in with single sign-on (oidc_issuer)"
+            )
+        return self
+
+    @property
+    def dev_signin(self) -> bool:
+        """Is the dev sign-in on: asked for (or embedded defaults: no database URL, no
+        identity provider), and this node listens on loopback only."""
+        if self.ui_dev_signin is not None:
+            wanted = bool(self.ui_dev_signin)
+        else:
+            wanted = self.database_url is None and self.oidc_issuer is None
+        return wanted and is_loopback(self.host)
 
     @property
     def db_url(self) -> str:
