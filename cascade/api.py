@@ -26,11 +26,11 @@ from yunnao.plugins.errors import (
 from yunnao.registry.access import Action, require
 from yunnao.registry.api import Endpoint
 from yunnao.registry.auth import identity_of
-from yunnao.registry.http import MAX_JSON_DEPTH, json_response, parse_query, read_model
+from yunnao.registry.http import json_response, parse_query, read_model
 
 from .apply import Applier
 from .compaction import compact
-from .feed import Compacted, Feed
+from .feed import FEED_DEPTH, Compacted, Feed
 from .peers import PeerStatus, PeerStore
 from .policy import Reader
 from .sync import Replicator
@@ -180,9 +180,7 @@ class Checkpoint(BaseModel):
 async def ingest(request: Request) -> Response:
     cascade = _cascade(request)
     child = await anyio.to_thread.run_sync(_linked, request, "child")
-    # Items wrap entries a department published (up to MAX_JSON_DEPTH deep) in a few levels.
-    depth = MAX_JSON_DEPTH + 32
-    batch = await read_model(request, IngestBatch, cascade.max_batch_bytes, max_depth=depth)
+    batch = await read_model(request, IngestBatch, cascade.max_batch_bytes, max_depth=FEED_DEPTH)
     if batch.next < batch.since or batch.head < batch.next:
         raise ValidationFailed(
             "a batch runs from since to next, at most head",
@@ -423,7 +421,8 @@ class CompactRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keep_days: Annotated[
-        float, Field(ge=0, description="keep superseded changes and tombstones this recent")
+        float,
+        Field(ge=0, le=36_500, description="keep superseded changes and tombstones this recent"),
     ] = 30
 
 

@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 from yunnao.registry import schemas
 from yunnao.registry.db import read_session
 from yunnao.registry.hashing import content_hash
+from yunnao.registry.http import MAX_JSON_DEPTH
 from yunnao.registry.tables import CapabilityRow, CascadeState, Change, Namespace, VersionRow
 
 from .policy import Reader, may_send, share_of, withdrawn
@@ -35,6 +36,9 @@ from .signing import sign
 META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
 VERSION_FIELDS = tuple(schemas.VersionSpec.model_fields)
 COMPACTED_THROUGH = "compacted_through"
+# How deep a feed page or pushed batch may nest: items wrap entries a department
+# published (up to MAX_JSON_DEPTH deep) in a few levels.
+FEED_DEPTH = MAX_JSON_DEPTH + 32
 
 
 @dataclass(frozen=True)

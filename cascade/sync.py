@@ -31,10 +31,11 @@ import anyio.to_thread
 import httpx
 
 from yunnao.plugins.errors import NotFound
+from yunnao.registry.http import parse_json
 from yunnao.registry.tables import Peer
 
 from .apply import Applier, CheckpointMoved
-from .feed import Compacted, Feed
+from .feed import FEED_DEPTH, Compacted, Feed
 from .peers import PeerStore
 from .policy import Reader
 
@@ -181,7 +182,8 @@ class Replicator:
             raise Compacted(since, int(resp.json().get("compacted_through", since)))
         if resp.status_code != 200:
             raise SyncError(f"{peer.id} answered {_problem(resp)}")
-        return resp.json()
+        # A peer's page is read as a caller's body is: bounded nesting, readable numbers.
+        return parse_json(resp.content, what=f"{peer.id}'s feed page", max_depth=FEED_DEPTH)
 
     async def pull(self, peer: Peer, *, live: bool = False) -> None:
         """Apply ``peer``'s feed from its checkpoint until caught up; with ``live``, then

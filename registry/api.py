@@ -253,8 +253,8 @@ async def publish_plugin(request: Request) -> Response:
         raise ValidationFailed(why, errors=[FieldError("namespace", why)])
     if body.namespace is not None and body.namespace != namespace:
         why = (
-            f"{body.capability!r} is plugin {cap.plugin!r}'s and is published only into its "
-            f"own namespace {namespace!r}"
+            f"{body.capability} belongs to plugin {cap.plugin!r} and is published only into "
+            f"that plugin's own namespace, {namespace}"
         )
         raise Forbidden(
             f"namespace {body.namespace!r}: {why}", errors=[FieldError("namespace", why)]
