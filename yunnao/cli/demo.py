@@ -36,8 +36,8 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from .admin_client import admin_token
-from .cascade_cli import cascade
+from .cascade import cascade
+from .common import admin_token
 
 CITY = ("sd.qd", "青岛市")
 DISTRICTS = (("sd.qd.shinan", "市南区"), ("sd.qd.laoshan", "崂山区"))

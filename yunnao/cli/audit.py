@@ -1,13 +1,14 @@
-"""``yunnao audit``: check the audit log's hash chain, export its events."""
+"""``yunnao audit`` and ``yunnao usage``: the audit log (verify its hash chain, export
+its events) and usage reports, for auditors and assessors."""
 
 from __future__ import annotations
 
 import sys
 
 import click
+from rich.table import Table
 
-from .admin_client import NodeClient, admin_options
-from .cli import _print_json, _settings, console, node_options
+from .common import NodeClient, admin_options, console, node_options, node_settings, print_json
 
 
 @click.group()
@@ -26,14 +27,14 @@ def verify(
     from yunnao.registry import db
     from yunnao.registry.audit import AuditLog
 
-    settings = _settings(node_id=node_id, data_dir=data_dir, database_url=database_url)
+    settings = node_settings(node_id=node_id, data_dir=data_dir, database_url=database_url)
     engine = db.create_engine(settings.db_url)
     try:
         verdict = AuditLog(engine).verify()
     finally:
         engine.dispose()
     if as_json:
-        _print_json(
+        print_json(
             {
                 "ok": verdict.ok,
                 "events": verdict.events,
@@ -72,3 +73,37 @@ def export(since: int, actor: str | None, action: str | None, node: NodeClient) 
         if not page["items"]:
             return
         since = page["next"]
+
+
+@click.command()
+@click.option("--since", help="First day, YYYY-MM-DD (UTC)  [default: 6 days ago]")
+@click.option("--until", help="The day after the last, YYYY-MM-DD  [default: tomorrow]")
+@click.option(
+    "--by",
+    type=click.Choice(["capability", "department", "node"]),
+    default="capability",
+    show_default=True,
+)
+@admin_options
+def usage(since: str | None, until: str | None, by: str, node: NodeClient) -> None:
+    """Calls, answers, latency and callers per day (of the namespaces the token covers)."""
+    params = {
+        "by": by,
+        **({"since": since} if since else {}),
+        **({"until": until} if until else {}),
+    }
+    data = node.request("GET", "/v1/usage", params=params)
+    if node.as_json:
+        print_json(data)
+        return
+    table = Table(title=f"usage {data['since']} – {data['until']} by {by}", title_justify="left")
+    table.add_column("day", no_wrap=True)
+    table.add_column(by, no_wrap=True)
+    for column in ("calls", "ok", "4xx", "5xx", "p50 ms", "p99 ms", "callers"):
+        table.add_column(column, justify="right")
+    for r in data["items"]:
+        table.add_row(
+            r["day"], r["key"], str(r["calls"]), str(r["ok"]), str(r["refused"]),
+            str(r["errors"]), f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", str(r["callers"]),
+        )  # fmt: skip
+    console.print(table)

@@ -1,12 +1,112 @@
-"""``yunnao key``: API keys for machine callers (create, list, revoke)."""
+"""``yunnao token`` and ``yunnao key``: node-signed tokens (on the node's machine) and API
+keys for machine callers (create, list, revoke)."""
 
 from __future__ import annotations
+
+import os
 
 import click
 from rich.table import Table
 
-from .admin_client import NodeClient, admin_options
-from .cli import _print_json, console
+from .common import (
+    NodeClient,
+    admin_options,
+    console,
+    node_options,
+    node_settings,
+    parse_ttl,
+    print_json,
+)
+
+
+@click.group()
+def token() -> None:
+    """Mint bearer tokens signed by this node's key."""
+
+
+@token.command("create")
+@node_options
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["admin", "operator", "author", "consumer", "auditor"]),
+    help="What the holder may do; writes need admin or author",
+)
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    metavar="SCOPE",
+    help="Namespace scope (repeatable); covers itself and everything under it, "
+    "e.g. sd.qd.traffic, or a node id for all its departments",
+)
+@click.option(
+    "--subject",
+    default=lambda: os.environ.get("USER", "operator"),
+    show_default="$USER",
+    help="Who the token is for (recorded in the token)",
+)
+@click.option(
+    "--department",
+    metavar="DEPT",
+    help="The holder's department, e.g. sd.qd.traffic (matched by capabilities' access rules)",
+)
+@click.option(
+    "--ttl", default="30d", show_default=True, help="Lifetime: a number with s, m, h or d, e.g. 12h"
+)
+@click.option("--json", "as_json", is_flag=True, help="Print token and claims as JSON")
+def token_create(
+    node_id: str | None,
+    data_dir: str | None,
+    database_url: str | None,
+    role: str,
+    namespaces: tuple[str, ...],
+    subject: str,
+    department: str | None,
+    ttl: str,
+    as_json: bool,
+) -> None:
+    """Create a token, signed with the node key in the data dir.
+
+    Run it on the node's machine (it reads the node key). Example:
+
+        yunnao token create --role author --namespace sd.qd.traffic
+    """
+    from yunnao.registry import names, tokens
+
+    settings = node_settings(node_id=node_id, data_dir=data_dir, database_url=database_url)
+    for scope in namespaces:
+        if not names.is_node_id(scope):
+            raise click.BadParameter(f"{scope!r}: {names.NAMESPACE_RULE}", param_hint="--namespace")
+    if department is not None and not names.is_namespace(department):
+        raise click.BadParameter(
+            f"{department!r}: {names.NAMESPACE_RULE}", param_hint="--department"
+        )
+    lifetime = parse_ttl(ttl)
+    key = tokens.load_or_create_key(settings.key_path)
+    jwt_text = tokens.issue(
+        key,
+        node_id=settings.node_id,
+        subject=subject,
+        role=role,
+        scopes=list(namespaces),
+        ttl=lifetime,
+        department=department,
+    )
+    if as_json:
+        print_json(
+            {
+                "token": jwt_text,
+                "node": settings.node_id,
+                "subject": subject,
+                "role": role,
+                "namespaces": list(namespaces),
+                "department": department,
+                "expires_in_seconds": int(lifetime.total_seconds()),
+            }
+        )
+    else:
+        click.echo(jwt_text)
 
 
 @click.group()
@@ -64,7 +164,7 @@ def create(
     }
     made = node.request("POST", "/v1/keys", json=body)
     if node.as_json:
-        _print_json(made)
+        print_json(made)
         return
     console.print(f"API key [bold]{made['id']}[/bold] for {made['subject']} ({made['role']}):")
     click.echo(made["key"])
@@ -77,7 +177,7 @@ def list_keys(node: NodeClient) -> None:
     """This node's API keys (never their secrets)."""
     data = node.request("GET", "/v1/keys")
     if node.as_json:
-        _print_json(data)
+        print_json(data)
         return
     table = Table(title=f"{len(data['items'])} API keys", title_justify="left")
     table.add_column("id", no_wrap=True)
@@ -98,6 +198,6 @@ def revoke(key_id: str, node: NodeClient) -> None:
     """Revoke the API key KEY_ID."""
     data = node.request("DELETE", f"/v1/keys/{key_id}")
     if node.as_json:
-        _print_json(data)
+        print_json(data)
     else:
         console.print(f"revoked {data['id']} ({data['name']})")

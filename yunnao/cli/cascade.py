@@ -14,9 +14,9 @@ import click
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .admin_client import NodeClient as Node
-from .admin_client import admin_options as cascade_options
-from .cli import _print_json, _request, client_options, console
+from .common import NodeClient as Node
+from .common import admin_options as cascade_options
+from .common import client_options, console, print_json, request_json
 
 
 @click.group()
@@ -34,7 +34,7 @@ def cascade() -> None:
 def _link(node: Node, body: dict[str, Any]) -> None:
     data = node.request("POST", "/v1/cascade/peers", json=body)
     if node.as_json:
-        _print_json(data)
+        print_json(data)
         return
     modes = [m for m in ("pull", "push") if data[m]]
     fingerprint = data["public_key"][:16]
@@ -48,9 +48,9 @@ def _link(node: Node, body: dict[str, Any]) -> None:
 @client_options
 def show_node(url: str, token: str | None, as_json: bool) -> None:
     """Show a node's id, public key, parent and children (what linking it needs)."""
-    data = _request(url, token, "GET", "/v1/cascade/node")
+    data = request_json(url, token, "GET", "/v1/cascade/node")
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     console.print(f"node        {data['id']}  {data['title']}".rstrip())
     console.print(f"public key  {data['public_key']}")
@@ -179,7 +179,7 @@ def status(node: Node) -> None:
     """This node's parent and children: checkpoint, lag, last sync, errors, rejections."""
     data = node.request("GET", "/v1/cascade/peers")
     if node.as_json:
-        _print_json(data)
+        print_json(data)
     elif not data["items"]:
         console.print(f"node {data['node']} is not linked to any node")
     else:
@@ -219,7 +219,7 @@ def sync(
             )
             progress.remove_task(task)
     if node.as_json:
-        _print_json({"items": results})
+        print_json({"items": results})
     else:
         console.print(_table(results, "synced"))
 
@@ -239,7 +239,7 @@ def rejections(
         params["peer"] = peer
     data = node.request("GET", "/v1/cascade/rejections", params=params)
     if node.as_json:
-        _print_json(data)
+        print_json(data)
         return
     table = Table(title=f"{len(data['items'])} rejected entries", title_justify="left")
     for column in ("when", "from", "origin", "entry", "reason"):

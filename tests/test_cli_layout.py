@@ -1,0 +1,54 @@
+"""The command line's layout: one module per command group on ``yunnao.cli.main``, and
+``yunnao.cli.common`` shared by them without importing any of them back (no cycle)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import click
+
+import yunnao.cli
+from yunnao.cli import main
+
+CLI = Path(yunnao.cli.__file__).parent
+GROUPS = {"node", "catalog", "invoking", "cascade", "keys", "audit", "demo"}
+
+
+def _siblings_imported(path: Path) -> set[str]:
+    """The ``yunnao.cli`` modules ``path`` imports (relative or absolute)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1:
+                found |= {module} if module else {a.name for a in node.names}
+            elif node.level == 0 and module.startswith("yunnao.cli"):
+                found.add(module.removeprefix("yunnao.cli").lstrip(".") or "__init__")
+        elif isinstance(node, ast.Import):
+            found |= {
+                a.name.removeprefix("yunnao.cli").lstrip(".") or "__init__"
+                for a in node.names
+                if a.name.startswith("yunnao.cli")
+            }
+    return found
+
+
+def test_common_imports_no_command_group_and_groups_never_import_the_package() -> None:
+    assert _siblings_imported(CLI / "common.py") == set()
+    for group in GROUPS:
+        imported = _siblings_imported(CLI / f"{group}.py")
+        allowed = {"common", "cascade"} if group == "demo" else {"common"}
+        assert imported <= allowed, (group, imported)
+    assert {p.stem for p in CLI.glob("*.py")} == GROUPS | {"__init__", "common"}
+
+
+def test_every_group_module_mounts_its_commands_on_main() -> None:
+    names = set(main.commands)
+    assert names == {
+        "serve", "db", "search", "show", "invoke", "runtime", "token", "plugins",
+        "publish", "cascade", "key", "audit", "usage", "demo",
+    }  # fmt: skip
+    for command in main.commands.values():
+        assert isinstance(command, click.Command)
+        assert command.callback is None or command.callback.__module__.startswith("yunnao.cli.")
