@@ -24,9 +24,9 @@ from yunnao.plugins.errors import FieldError, Forbidden, NotFound, ValidationFai
 from yunnao.registry import access, names, schemas, search, tokens
 from yunnao.registry.access import Action, Identity
 from yunnao.registry.auth import SESSION_COOKIE, identity_of
+from yunnao.registry.http import is_loopback
 from yunnao.runtimes import usage_stats
 from yunnao.runtimes.v2 import tensor_specs
-from yunnao.settings import is_loopback
 
 from . import charts, forms, i18n, sso, text
 

@@ -8,6 +8,7 @@ recurses that deep) and integers longer than Python converts (4300 digits) are a
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any, TypeVar
@@ -131,3 +132,20 @@ def not_modified(request: Request, etag: str) -> Response | None:
     if offered and (offered.strip() == "*" or etag in {t.strip() for t in offered.split(",")}):
         return Response(status_code=304, headers={"ETag": etag})
     return None
+
+
+def is_loopback(host: str | None) -> bool:
+    """Is ``host`` (a listen address or a client address) this machine's loopback:
+    127.0.0.0/8, ::1 (also IPv4-mapped) or ``localhost``."""
+    if not host:
+        return False
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback

@@ -3,7 +3,6 @@ embedded defaults (SQLite under ``./var``, a generated node key)."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,25 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from yunnao.registry import names
+from yunnao.registry.http import is_loopback
 from yunnao.registry.schemas import RateLimit
 from yunnao.runtimes.outbound import parse_allow
-
-
-def is_loopback(host: str | None) -> bool:
-    """Is ``host`` (a listen address or a client address) this machine's loopback:
-    127.0.0.0/8, ::1 (also IPv4-mapped) or ``localhost``."""
-    if not host:
-        return False
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 class Settings(BaseSettings):
