@@ -83,6 +83,11 @@ def model_name(namespace: str, name: str) -> str:
     return f"{namespace}.{name}"
 
 
+def _missing(exc: Exception) -> bool:
+    """Is ``exc`` MLflow saying the registered model, version or alias does not exist?"""
+    return "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower()
+
+
 def own_model_version(namespace: str, name: str, model_uri: str) -> str | None:
     """The MLflow version number when ``model_uri`` is ``models:/{namespace}.{name}/N``,
     the only model a version of ``namespace/name`` may run; else None."""
@@ -299,7 +304,7 @@ class ModelStore:
         try:
             mv = self.client.get_model_version(registered, version)
         except Exception as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+            if _missing(exc):
                 return None
             raise _mlflow_error(f"reading {registered}/{version}", exc) from exc
         return str(mv.source) if mv.status == "READY" else None
@@ -310,7 +315,7 @@ class ModelStore:
         try:
             mv = self.client.get_model_version_by_alias(registered, alias)
         except Exception as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+            if _missing(exc):
                 return None
             raise _mlflow_error(f"resolving alias {alias!r} of {registered}", exc) from exc
         return f"models:/{registered}/{mv.version}"
