@@ -45,7 +45,7 @@ from bench import sections  # noqa: E402
 from tests.realservers import free_port  # noqa: E402
 from tests.realservers.yunnao_node import YunnaoProcess  # noqa: E402
 from tests.runtime_support import RT_PLUGIN_DIR  # noqa: E402
-from yunnao.runtimes.base import Target  # noqa: E402
+from yunnao.runtimes.adapters.base import Target  # noqa: E402
 
 START, END = "<!-- bench:invoke start -->", "<!-- bench:invoke end -->"
 NAMESPACE = "bench.yunnao-rt"

@@ -25,8 +25,8 @@ from yunnao.registry import access, names, schemas, search, tokens
 from yunnao.registry.access import Action, Identity
 from yunnao.registry.auth import SESSION_COOKIE, identity_of
 from yunnao.registry.http import is_loopback
-from yunnao.runtimes import usage_stats
-from yunnao.runtimes.v2 import tensor_specs
+from yunnao.runtimes.gateway import usage_stats
+from yunnao.runtimes.gateway.v2 import tensor_specs
 
 from . import charts, forms, i18n, sso, text
 

@@ -2,7 +2,7 @@
 
 A limit is a token bucket: ``burst`` tokens at most (by default the count), refilled at
 count/period, so ``"5000/day"`` is a daily quota that refills steadily rather than at
-midnight. The buckets themselves live in :mod:`yunnao.runtimes.ratelimit`.
+midnight. The buckets themselves live in :mod:`yunnao.runtimes.gateway.ratelimit`.
 """
 
 from __future__ import annotations

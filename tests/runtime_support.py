@@ -10,7 +10,7 @@ from typing import Any
 
 from yunnao.plugins.capability import Capability
 from yunnao.registry.models import ModelStore
-from yunnao.runtimes.base import Target
+from yunnao.runtimes.adapters.base import Target
 
 RT_PLUGIN_DIR = Path(__file__).parent / "data" / "rtplugin"
 NAMESPACE = "sd.qd.rt"

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from tests.realservers import free_port
 from tests.realservers.postgres import PostgresServer
 from yunnao.registry import db
-from yunnao.runtimes.ratelimit import (
+from yunnao.runtimes.gateway.ratelimit import (
     Limit,
     MemoryLimiter,
     PostgresLimiter,

@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 from tests.realservers.bentoml import BentoMLServer
 from yunnao.registry import names
 from yunnao.registry.schemas import PublishRequest
-from yunnao.runtimes.base import (
+from yunnao.runtimes.adapters.base import (
     CapabilityError,
     InvocationTimeout,
     NotDeployable,
@@ -29,8 +29,8 @@ from yunnao.runtimes.base import (
     RuntimeDown,
     Target,
 )
-from yunnao.runtimes.bentoml import BentoMLRuntime
-from yunnao.runtimes.bentoml_services import service_capabilities
+from yunnao.runtimes.adapters.bentoml import BentoMLRuntime
+from yunnao.runtimes.adapters.bentoml_services import service_capabilities
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ import pytest
 from tests.realservers import free_port
 from tests.realservers.ray import RayHead
 from tests.runtime_support import RtModels, publish_rt_models
-from yunnao.runtimes.base import (
+from yunnao.runtimes.adapters.base import (
     CapabilityError,
     InvocationTimeout,
     NotDeployable,
@@ -32,7 +32,7 @@ from yunnao.runtimes.base import (
     RuntimeDown,
     Target,
 )
-from yunnao.runtimes.rayserve import RayServeRuntime
+from yunnao.runtimes.adapters.rayserve import RayServeRuntime
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.realservers.triton import TritonProcess
 from tests.runtime_support import RtModels, publish_rt_models
-from yunnao.runtimes.base import (
+from yunnao.runtimes.adapters.base import (
     CapabilityError,
     InvocationTimeout,
     NotDeployable,
@@ -25,8 +25,8 @@ from yunnao.runtimes.base import (
     RuntimeContext,
     RuntimeDown,
 )
-from yunnao.runtimes.loading import download_model
-from yunnao.runtimes.triton import TritonRuntime, TritonServer, write_wrapper_entry
+from yunnao.runtimes.adapters.loading import download_model
+from yunnao.runtimes.adapters.triton import TritonRuntime, TritonServer, write_wrapper_entry
 
 pytestmark = pytest.mark.slow
 

@@ -39,18 +39,18 @@ from yunnao.registry.publishing import Publisher
 from yunnao.registry.request_id import RequestIdMiddleware
 from yunnao.registry.schemas import Health
 from yunnao.registry.store import RegistryStore
-from yunnao.runtimes import api as gateway_api
-from yunnao.runtimes import builtin as builtin_runtimes
-from yunnao.runtimes import metrics_view, usage_api, v2
-from yunnao.runtimes.base import RuntimeContext
-from yunnao.runtimes.gateway import Gateway
-from yunnao.runtimes.jobs import Jobs
-from yunnao.runtimes.loading import load_runnable
-from yunnao.runtimes.manager import Runtimes
-from yunnao.runtimes.metrics import Metrics
-from yunnao.runtimes.outbound import OutboundGuard
-from yunnao.runtimes.ratelimit import limiter_for
-from yunnao.runtimes.usage import UsageLog
+from yunnao.runtimes.adapters import builtin as builtin_runtimes
+from yunnao.runtimes.adapters.base import RuntimeContext
+from yunnao.runtimes.adapters.loading import load_runnable
+from yunnao.runtimes.adapters.manager import Runtimes
+from yunnao.runtimes.gateway import api as gateway_api
+from yunnao.runtimes.gateway import metrics_view, usage_api, v2
+from yunnao.runtimes.gateway.core import Gateway
+from yunnao.runtimes.gateway.jobs import Jobs
+from yunnao.runtimes.gateway.metrics import Metrics
+from yunnao.runtimes.gateway.outbound import OutboundGuard
+from yunnao.runtimes.gateway.ratelimit import limiter_for
+from yunnao.runtimes.gateway.usage import UsageLog
 
 from .settings import Settings
 

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yunnao.registry import names
 from yunnao.registry.http import is_loopback
 from yunnao.registry.schemas import RateLimit
-from yunnao.runtimes.outbound import parse_allow
+from yunnao.runtimes.gateway.outbound import parse_allow
 
 
 class Settings(BaseSettings):

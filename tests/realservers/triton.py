@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from yunnao.runtimes.triton import TritonServer
+from yunnao.runtimes.adapters.triton import TritonServer
 
 from . import free_port
 

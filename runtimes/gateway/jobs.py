@@ -43,8 +43,8 @@ from yunnao.registry.db import row_write
 from yunnao.registry.problems import problem_of
 from yunnao.registry.tables import Job, utcnow
 
-from .base import RuntimeDown
-from .gateway import Call, Gateway, target_for
+from ..adapters.base import RuntimeDown
+from .core import Call, Gateway, target_for
 from .metrics import Metrics
 from .outbound import OutboundGuard, Refused, Unresolved
 

@@ -2,7 +2,7 @@
 
 Each deployed version is one Serve application named after ``Target.slug`` with one
 deployment, :class:`CapabilityReplica`, whose replicas load the capability's MLflow
-pyfunc model with :func:`yunnao.runtimes.loading.load_runnable`. Calls go through a
+pyfunc model with :func:`yunnao.runtimes.adapters.loading.load_runnable`. Calls go through a
 ``DeploymentHandle`` (``run(inputs)``); the same application also answers POSTs of the
 input JSON on Ray Serve's own HTTP proxy at ``/<slug>``.
 
@@ -120,7 +120,7 @@ BINDING_KEYS = frozenset(
     {"num_replicas", "autoscaling", "num_cpus", "num_gpus", "max_ongoing_requests"}
 )
 MODEL_SOURCES = ("download", "registry")
-DRIVER_MAIN = "from yunnao.runtimes.rayserve import driver_main; driver_main()"
+DRIVER_MAIN = "from yunnao.runtimes.adapters.rayserve import driver_main; driver_main()"
 # The driver process gives up on a cluster whose GCS port refused this many probes in a
 # row, PROBE_INTERVAL seconds apart (one refusal may be a GCS busy accepting).
 PROBE_INTERVAL, PROBE_MISSES = 0.5, 2
@@ -166,7 +166,7 @@ class CapabilityReplica:
     reference in Ray workers, so it must stay importable without Ray."""
 
     def __init__(self, model: str, tracking_uri: str | None, registry_uri: str | None) -> None:
-        from yunnao.runtimes.loading import load_runnable
+        from yunnao.runtimes.adapters.loading import load_runnable
 
         self._runnable = load_runnable(model, tracking_uri, registry_uri)
 

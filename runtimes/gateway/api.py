@@ -19,8 +19,8 @@ from yunnao.registry.bindings import require_binding
 from yunnao.registry.forwarded import forwarded
 from yunnao.registry.http import json_response, read_model
 
-from .base import InvocationTimeout
-from .gateway import Gateway
+from ..adapters.base import InvocationTimeout
+from .core import Gateway
 from .jobs import Jobs
 
 

@@ -48,7 +48,7 @@ from yunnao.registry.limits import Limit
 from yunnao.registry.models import own_model_version
 from yunnao.registry.store import RegistryStore, Resolution
 
-from .base import (
+from ..adapters.base import (
     CallContext,
     CapabilityError,
     InvocationTimeout,
@@ -56,7 +56,7 @@ from .base import (
     Target,
     current_call,
 )
-from .manager import Runtimes
+from ..adapters.manager import Runtimes
 from .metrics import Metrics
 from .ratelimit import MemoryLimiter, RateLimiter
 from .usage import Usage, UsageLog

@@ -16,11 +16,11 @@ from yunnao.plugins.hookspecs import hookimpl
 from .base import Runtime, RuntimeContext
 
 BUILTIN: dict[str, str] = {
-    "inprocess": "yunnao.runtimes.inprocess:InProcessRuntime",
-    "rayserve": "yunnao.runtimes.rayserve:RayServeRuntime",
-    "bentoml": "yunnao.runtimes.bentoml:BentoMLRuntime",
-    "triton": "yunnao.runtimes.triton:TritonRuntime",
-    "remote": "yunnao.runtimes.remote:RemoteRuntime",
+    "inprocess": "yunnao.runtimes.adapters.inprocess:InProcessRuntime",
+    "rayserve": "yunnao.runtimes.adapters.rayserve:RayServeRuntime",
+    "bentoml": "yunnao.runtimes.adapters.bentoml:BentoMLRuntime",
+    "triton": "yunnao.runtimes.adapters.triton:TritonRuntime",
+    "remote": "yunnao.runtimes.adapters.remote:RemoteRuntime",
 }
 
 

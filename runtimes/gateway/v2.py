@@ -32,8 +32,8 @@ from yunnao.registry.api import Endpoint
 from yunnao.registry.auth import identity_of
 from yunnao.registry.http import parse_json, read_body
 
-from .base import Target
-from .gateway import Call
+from ..adapters.base import Target
+from .core import Call
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_DIMS = 32  # numpy takes at most 64; no capability's tensor has more than a few

@@ -19,7 +19,7 @@ A version's binding (``runtime.config``) picks one of two modes:
 
 - wrapper (default): the node downloads the version's MLflow pyfunc model into a
   model-repository entry named after :attr:`Target.slug` and writes a Python-backend
-  ``model.py`` that runs it with :func:`yunnao.runtimes.loading.load_runnable` (so
+  ``model.py`` that runs it with :func:`yunnao.runtimes.adapters.loading.load_runnable` (so
   Triton never talks to MLflow). Keys: ``instances`` (instance count, default 1), and
   ``gpus`` (a GPU count, or a list of GPU ids) or ``kind: "gpu"`` for ``KIND_GPU``
   instances (default ``KIND_CPU``). The call's JSON input travels as the UTF-8 bytes
@@ -299,7 +299,7 @@ for _dir in {site_dirs!r}:
     site.addsitedir(_dir)
 sys.path[:] = [p for p in sys.path if p not in _system_path] + _system_path
 
-from yunnao.runtimes.triton import StubModel  # noqa: E402
+from yunnao.runtimes.adapters.triton import StubModel  # noqa: E402
 
 
 class TritonPythonModel(StubModel):
@@ -419,7 +419,7 @@ class StubModel:
     model_dir: str
 
     def initialize(self, args: dict[str, str]) -> None:
-        from yunnao.runtimes.loading import load_runnable
+        from yunnao.runtimes.adapters.loading import load_runnable
 
         sys.unraisablehook = _quiet_consumed_capsules(sys.unraisablehook)
         self.run = load_runnable(self.model_dir)
