@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))  # bench/ and tests/ are not installed
 from bench import sections  # noqa: E402
 from bench.catalog_gen import entries  # noqa: E402
 from tests.realservers.yunnao_node import YunnaoProcess  # noqa: E402
-from yunnao.registry import db, migrate, tokens  # noqa: E402
+from yunnao.registry import db, migrate  # noqa: E402
+from yunnao.registry.identity import tokens  # noqa: E402
 from yunnao.registry.store import RegistryStore  # noqa: E402
 
 DISTRICT, CITY = "sd.qd.shinan", "sd.qd"

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlmodel import Session
 
-from yunnao.plugins.errors import Conflict
+from yunnao.plugins.errors import CheckpointMoved
 from yunnao.registry import replica
 from yunnao.registry.hashing import content_hash
 from yunnao.registry.tables import Peer, Rejection, utcnow
@@ -45,19 +45,6 @@ KEPT_PER_BATCH = 100  # rejections of one batch kept in cascade_rejection; the r
 KEPT_ITEM_CHARS = 4096  # of a rejected item's JSON kept with it
 LOGGED_PER_BATCH = 20  # rejections of one batch logged one by one; the rest summed up
 _REASON_CHARS = 500  # the column's size
-
-
-class CheckpointMoved(Conflict):
-    """The peer's checkpoint is not where the batch starts: another process applied it,
-    or the sender is replaying or skipping. Nothing of the batch was applied."""
-
-    def __init__(self, peer: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"batch for {peer} starts after {expected} but this node has applied through "
-            f"{actual}; resend from {actual}",
-            extra={"checkpoint": actual},
-        )
-        self.checkpoint = actual
 
 
 @dataclass

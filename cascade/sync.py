@@ -30,11 +30,11 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from yunnao.plugins.errors import NotFound
+from yunnao.plugins.errors import CheckpointMoved, NotFound
 from yunnao.registry.http import parse_json
 from yunnao.registry.tables import Peer
 
-from .apply import Applier, CheckpointMoved
+from .apply import Applier
 from .feed import FEED_DEPTH, Compacted, Feed
 from .peers import PeerStore
 from .policy import Reader

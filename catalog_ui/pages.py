@@ -21,10 +21,11 @@ from starlette.staticfiles import StaticFiles
 
 from yunnao.cascade.peers import PeerStatus
 from yunnao.plugins.errors import FieldError, Forbidden, NotFound, ValidationFailed, YunnaoError
-from yunnao.registry import access, names, schemas, search, tokens
+from yunnao.registry import access, names, schemas, search
 from yunnao.registry.access import Action, Identity
-from yunnao.registry.auth import SESSION_COOKIE, identity_of
 from yunnao.registry.http import is_loopback
+from yunnao.registry.identity import tokens
+from yunnao.registry.identity.middleware import SESSION_COOKIE, identity_of
 from yunnao.runtimes.gateway import usage_stats
 from yunnao.runtimes.gateway.v2 import tensor_specs
 
@@ -279,22 +280,20 @@ async def try_it(request: Request) -> Response:
     try:
         _check_origin(request)
         form = {k: str(v) for k, v in (await request.form()).items()}
-        call = await gateway.resolve(identity, namespace, name)
-        controls = forms.fields(dict(call.target.input_schema))
-        data = forms.parse(form, controls)
-        await gateway.admit(identity, call, request.client.host if request.client else None)
-        output = await gateway.invoke(
+        answer = await gateway.call(
             identity,
-            call,
-            data,
+            namespace,
+            name,
+            lambda call: forms.parse(form, forms.fields(dict(call.target.input_schema))),
             timeout=request.app.state.invoker.default_timeout,
+            client=request.client.host if request.client else None,
             request_id=request.state.request_id,
         )
         outcome = {
             "ok": True,
             "code": 200,
-            "body": json.dumps(output, ensure_ascii=False, indent=2),
-            "version": call.target.version,
+            "body": json.dumps(answer.output, ensure_ascii=False, indent=2),
+            "version": answer.call.target.version,
         }
     except YunnaoError as exc:
         problem = {

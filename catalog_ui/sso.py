@@ -30,8 +30,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from yunnao.plugins.errors import Forbidden, NotFound, Unauthorized, Unavailable
-from yunnao.registry import tokens
-from yunnao.registry.auth import SESSION_COOKIE
+from yunnao.registry.identity import tokens
+from yunnao.registry.identity.middleware import SESSION_COOKIE
 
 FLOW_COOKIE = "yunnao_sso_flow"
 FLOW_SECONDS = 600

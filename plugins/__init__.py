@@ -4,7 +4,8 @@ hook specifications and plugin loading, and the error hierarchy every layer shar
 This package depends on pluggy and pydantic only, so authors install a light SDK.
 """
 
-from .capability import Capability, Invocation, SpecError, capability
+from .capability import Capability, Invocation, capability
+from .errors import SpecError
 from .hookspecs import hookimpl
 from .tensor import Tensor
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from .errors import ValidationFailed, YunnaoError, field_errors
+from .errors import OutputInvalid, SpecError, ValidationFailed, field_errors
 
 Kind = Literal["algorithm", "model"]
 Domain = Literal["governance", "livelihood", "economy", "other"]
@@ -44,13 +44,6 @@ SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
-
-
-class SpecError(YunnaoError):
-    """A capability cannot be described as written (bad name, missing type hint, a type
-    pydantic cannot turn into JSON Schema). Raised when the decorator runs."""
-
-    status, slug, title = 422, "invalid-capability", "Invalid capability"
 
 
 @dataclass(frozen=True)
@@ -189,12 +182,6 @@ class Capability:
         """Validate ``data``, call the capability, validate and dump its output."""
         kwargs = self.validate_input(data)
         return self.dump_output(self.instantiate(artifacts)(**kwargs))
-
-
-class OutputInvalid(YunnaoError):
-    """A capability returned something its own output type does not allow."""
-
-    status, slug, title = 500, "invalid-output", "Capability returned invalid output"
 
 
 def capability(

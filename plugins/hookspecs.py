@@ -50,13 +50,16 @@ def yunnao_capabilities() -> list[Capability]:
 def yunnao_runtimes() -> dict[str, Any]:
     """Contribute runtime adapters: return ``{runtime type: factory}``.
 
-    The factory is called once per node, on first use, as ``factory(config, context)``:
-    ``config`` is the node's configuration for that type (``YUNNAO_RUNTIMES``) and
-    ``context`` a :class:`yunnao.runtimes.adapters.base.RuntimeContext`. It returns an object
-    implementing the runtime protocol of :mod:`yunnao.runtimes.adapters.base` (deploy, undeploy,
-    invoke, health, describe, close). A capability version names its runtime by this
-    type in its registry entry (``runtime.type``); the built-in runtimes ``inprocess``,
-    ``rayserve``, ``bentoml`` and ``triton`` are registered through this hook too.
+    Called once when the plugins are loaded, like :func:`yunnao_capabilities`; a type
+    already contributed by another plugin is reported, not replaced. The factory is
+    called once per node, on first use, as ``factory(config, context)``: ``config`` is
+    the node's configuration for that type (``YUNNAO_RUNTIMES``) and ``context`` a
+    :class:`yunnao.runtimes.adapters.base.RuntimeContext`. It returns an object
+    implementing the runtime protocol of :mod:`yunnao.runtimes.adapters.base` (deploy,
+    undeploy, invoke, health, describe, close). A capability version names its runtime
+    by this type in its registry entry (``runtime.type``); the built-in runtimes
+    ``inprocess``, ``rayserve``, ``bentoml`` and ``triton`` are registered through this
+    hook too.
     """
 
 

@@ -21,9 +21,9 @@ from yunnao.plugins.errors import FieldError, Forbidden, NotFound, Unavailable, 
 
 from . import names, schemas, search
 from .access import Action, require, require_role
-from .auth import identity_of
 from .bindings import require_binding
 from .http import json_response, not_modified, parse_query, read_model
+from .identity.middleware import identity_of
 from .models import own_model_rule, own_model_version
 from .publishing import Publisher
 from .store import RegistryStore

@@ -19,8 +19,8 @@ from . import visibility
 from .access import Action, Identity, require
 from .api import Endpoint
 from .audit import AuditLog
-from .auth import identity_of
 from .http import json_response, parse_query
+from .identity.middleware import identity_of
 from .tables import AuditEvent
 
 

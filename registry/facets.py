@@ -14,6 +14,10 @@ capabilities changed since, so a search never answers from a stale index and eve
 process sharing one PostgreSQL store sees every write. Applying is idempotent
 (rows are re-read in their current state), so reading the head before the rows is
 enough for correctness under any isolation level.
+
+Why one module: the snapshot's arrays are written (rebuild, catch-up) and read
+(visibility masks, counts, order) by one class under one lock, so their layout is
+defined and used in one place.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from starlette.responses import Response
 from . import names, schemas
 from .access import Action, require
 from .api import Endpoint
-from .apikeys import ApiKeys
-from .auth import identity_of
 from .http import json_response, read_model
+from .identity.apikeys import ApiKeys
+from .identity.middleware import identity_of
 from .tables import ApiKey, utcnow
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from yunnao.plugins.capability import Capability
-from yunnao.plugins.errors import Unavailable, YunnaoError
+from yunnao.plugins.errors import ModelStoreError, Unavailable, YunnaoError
 
 log = logging.getLogger("yunnao.models")
 
@@ -57,12 +57,6 @@ MODEL_DIR = "model"
 MODEL_URI = re.compile(
     r"^models:/(?P<name>[a-z0-9][a-z0-9._-]{0,434})/(?P<version>[1-9][0-9]{0,9})$"
 )
-
-
-class ModelStoreError(YunnaoError):
-    """MLflow refused or failed an operation."""
-
-    status, slug, title = 502, "model-store-error", "Model store error"
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,16 @@
 
 Each write runs in one serialized transaction (:func:`~yunnao.registry.db.write_session`)
 that also updates the search index and appends to the change log, so a write is either
-wholly there (row, index, change) or not at all.
+wholly there (row, index, change) or not at all. Rows become what the API shows (with
+their ETags) in :mod:`.representations`.
+
+Why one module: :class:`RegistryStore`'s reads and writes share its row lookups (visible,
+live, owned) and its write transaction, so they stay one class.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,16 +24,23 @@ from yunnao.plugins.errors import (
     FieldError,
     Forbidden,
     NotFound,
-    PreconditionFailed,
     ValidationFailed,
 )
 
 from . import lifecycle, names, schemas, search
-from .access import Identity, access_rules, may_discover
+from .access import Identity, may_discover
 from .db import read_session, write_session
 from .facets import FacetIndex
 from .hashing import content_hash
 from .models import own_model_rule, own_model_version
+from .representations import (
+    capability_etag,
+    capability_out,
+    check_precondition,
+    summary_out,
+    version_etag,
+    version_out,
+)
 from .tables import (
     CapabilityRow,
     CapabilityTag,
@@ -49,28 +59,6 @@ def compact_access(access: schemas.Access) -> dict[str, Any]:
     """An entry's access rules as stored: only what differs from no rules, so equal
     rules are equal JSON (search groups entries by them)."""
     return access.model_dump(mode="json", exclude_defaults=True)
-
-
-def capability_etag(row: CapabilityRow) -> str:
-    """Strong ETag of a capability's representation: every write bumps ``updated_at``."""
-    seed = f"{row.content_hash}|{row.status}|{row.latest_version}|{row.updated_at.isoformat()}"
-    return '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
-
-
-def version_etag(row: VersionRow) -> str:
-    seed = f"{row.content_hash}|{row.status}|{row.updated_at.isoformat()}"
-    return '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
-
-
-def _check_precondition(if_match: str | None, current: str, what: str) -> None:
-    if if_match is None:
-        return
-    offered = {tag.strip() for tag in if_match.split(",")}
-    if "*" not in offered and current not in offered:
-        raise PreconditionFailed(
-            f"{what} has changed since you read it (If-Match {if_match} is not the current "
-            f"ETag {current}); read it again and retry"
-        )
 
 
 def _check_model(namespace: str, name: str, spec: schemas.VersionSpec) -> None:
@@ -155,7 +143,7 @@ class RegistryStore:
         with read_session(self.engine) as s:
             row = self._visible(s, identity, namespace, name)
             versions = self._version_numbers(s, row)
-            return self._capability_out(row, versions), capability_etag(row)
+            return capability_out(row, versions), capability_etag(row)
 
     def list_versions(self, identity: Identity, namespace: str, name: str) -> list[schemas.Version]:
         with read_session(self.engine) as s:
@@ -163,7 +151,7 @@ class RegistryStore:
             rows = s.exec(select(VersionRow).where(VersionRow.capability_id == row.id)).all()
             order = names.sort_versions([v.version for v in rows])
             by_number = {v.version: v for v in rows}
-            return [self._version_out(row, by_number[n]) for n in order]
+            return [version_out(row, by_number[n]) for n in order]
 
     def get_version(
         self, identity: Identity, namespace: str, name: str, version: str
@@ -171,7 +159,7 @@ class RegistryStore:
         with read_session(self.engine) as s:
             row = self._visible(s, identity, namespace, name)
             vrow = self._version_row(s, row, version)
-            return self._version_out(row, vrow), version_etag(vrow)
+            return version_out(row, vrow), version_etag(vrow)
 
     def version_numbers(self, namespace: str, name: str) -> list[str]:
         """The version numbers of a live capability, newest first ([] if there is none).
@@ -206,7 +194,7 @@ class RegistryStore:
                 classification=row.classification,
                 capability_status=row.status,
                 access=row.access or {},
-                version=self._version_out(row, vrow),
+                version=version_out(row, vrow),
                 origin_node=row.origin_node,
                 via_node=row.via_node,
             )
@@ -231,7 +219,7 @@ class RegistryStore:
         with read_session(self.engine) as s:
             result = search.search(s, self.facet_index, query, identity)
             return Page(
-                items=[self._summary_out(r) for r in result.rows],
+                items=[summary_out(r) for r in result.rows],
                 total=result.total,
                 facets=result.facets,
             )
@@ -275,7 +263,7 @@ class RegistryStore:
     ) -> tuple[schemas.Capability, str]:
         with self._write() as s:
             row = self._owned(s, namespace, name)
-            _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
+            check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
             changes = patch.model_dump(exclude_unset=True)
             if patch.access is not None:
                 changes["access"] = compact_access(patch.access)
@@ -300,7 +288,7 @@ class RegistryStore:
                     key = f"{namespace}/{name}@{vrow.version}"
                     self._log(s, "version", key, "upsert", vrow.content_hash)
             versions = self._version_numbers(s, row)
-            return self._capability_out(row, versions), capability_etag(row)
+            return capability_out(row, versions), capability_etag(row)
 
     def transition(
         self,
@@ -315,7 +303,7 @@ class RegistryStore:
         with self._write() as s:
             row = self._owned(s, namespace, name)
             vrow = self._version_row(s, row, version)
-            _check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
+            check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
             lifecycle.check(vrow.status, target)
             now = utcnow()
             vrow.status = target
@@ -327,7 +315,7 @@ class RegistryStore:
             row.updated_at = now
             s.add(row)
             self._log(s, "version", f"{namespace}/{name}@{version}", "upsert", vrow.content_hash)
-            return self._version_out(row, vrow), version_etag(vrow)
+            return version_out(row, vrow), version_etag(vrow)
 
     def set_runtime(
         self,
@@ -342,7 +330,7 @@ class RegistryStore:
         with self._write() as s:
             row = self._owned(s, namespace, name)
             vrow = self._version_row(s, row, version)
-            _check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
+            check_precondition(if_match, version_etag(vrow), f"{namespace}/{name}@{version}")
             vrow.runtime = binding.model_dump(mode="json")
             body = {f: getattr(vrow, f) for f in _VERSION_FIELDS}
             vrow.content_hash = content_hash({"version": version, **body})
@@ -353,14 +341,14 @@ class RegistryStore:
             s.flush()
             search.index(s, row)
             self._log(s, "version", f"{namespace}/{name}@{version}", "upsert", vrow.content_hash)
-            return self._version_out(row, vrow), version_etag(vrow)
+            return version_out(row, vrow), version_etag(vrow)
 
     def delete(self, namespace: str, name: str, *, if_match: str | None = None) -> None:
         """Tombstone a capability: its row stays as a tombstone for the change log, its
         versions, tags and index entry go; a later publish of the name starts afresh."""
         with self._write() as s:
             row = self._owned(s, namespace, name)
-            _check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
+            check_precondition(if_match, capability_etag(row), f"{namespace}/{name}")
             row.deleted_at = row.updated_at = utcnow()
             row.tags = []
             s.add(row)
@@ -438,7 +426,7 @@ class RegistryStore:
         key = f"{namespace}/{name}"
         self._log(s, "capability", key, "upsert", row.content_hash)
         self._log(s, "version", f"{key}@{spec.version}", "upsert", vrow.content_hash)
-        return self._version_out(row, vrow)
+        return version_out(row, vrow)
 
     def _ensure_namespace(self, s: Session, namespace: str) -> None:
         if s.get(Namespace, namespace) is not None:
@@ -521,60 +509,3 @@ class RegistryStore:
     def _version_numbers(self, s: Session, row: CapabilityRow) -> list[str]:
         numbers = s.exec(select(VersionRow.version).where(VersionRow.capability_id == row.id)).all()
         return names.sort_versions(list(numbers))
-
-    # ------------------------------------------------------------ representations
-
-    @staticmethod
-    def _summary_fields(row: CapabilityRow) -> dict[str, Any]:
-        return {
-            "id": f"{row.namespace}/{row.name}",
-            "namespace": row.namespace,
-            "name": row.name,
-            "title": row.title,
-            "summary": row.summary,
-            "kind": row.kind,
-            "domain": row.domain,
-            "tags": row.tags,
-            "classification": row.classification,
-            "status": row.status,
-            "latest_version": row.latest_version,
-            "runtime": row.runtime,
-            "origin_node": row.origin_node,
-            "updated_at": row.updated_at,
-        }
-
-    def _summary_out(self, row: CapabilityRow) -> schemas.CapabilitySummary:
-        return schemas.CapabilitySummary(**self._summary_fields(row))
-
-    def _capability_out(self, row: CapabilityRow, versions: list[str]) -> schemas.Capability:
-        return schemas.Capability(
-            **self._summary_fields(row),
-            description=row.description,
-            access=access_rules(row.access),
-            owner=row.owner,
-            contact=row.contact,
-            license=row.license,
-            versions=versions,
-            created_at=row.created_at,
-            content_hash=row.content_hash,
-        )
-
-    @staticmethod
-    def _version_out(row: CapabilityRow, v: VersionRow) -> schemas.Version:
-        return schemas.Version(
-            id=f"{row.namespace}/{row.name}@{v.version}",
-            namespace=row.namespace,
-            name=row.name,
-            version=v.version,
-            status=v.status,  # type: ignore[arg-type]
-            input_schema=v.input_schema,
-            output_schema=v.output_schema,
-            examples=[schemas.Example(**e) for e in v.examples],
-            runtime=schemas.RuntimeBinding(**v.runtime),
-            model_uri=v.model_uri,
-            artifact_uri=v.artifact_uri,
-            content_hash=v.content_hash,
-            created_at=v.created_at,
-            updated_at=v.updated_at,
-            published_at=v.published_at,
-        )

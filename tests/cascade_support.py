@@ -17,7 +17,7 @@ import httpx
 
 from tests.realservers.yunnao_node import YUNNAO, YunnaoProcess
 from yunnao.cascade.feed import make_item
-from yunnao.registry import tokens
+from yunnao.registry.identity import tokens
 
 
 @dataclass

@@ -16,7 +16,8 @@ from starlette.testclient import TestClient
 
 from tests.realservers.postgres import PostgresServer
 from yunnao.app import create_app
-from yunnao.registry import db, migrate, tokens
+from yunnao.registry import db, migrate
+from yunnao.registry.identity import tokens
 from yunnao.settings import Settings
 
 NODE_ID = "sd.qd"

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import Node, assert_problem
-from yunnao.registry import tokens
+from yunnao.registry.identity import tokens
 
 TRAFFIC, ENV = "sd.qd.traffic", "sd.qd.env"
 

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from tests.conftest import bearer
 from tests.runtime_support import NAMESPACE, rt_capabilities
 from yunnao.app import create_app
-from yunnao.registry import tokens
+from yunnao.registry.identity import tokens
 from yunnao.settings import Settings
 
 NODE = "sd.qd"

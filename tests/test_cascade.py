@@ -21,8 +21,8 @@ import pytest
 from tests.cascade_support import Site, shared, until
 from tests.realservers.flaky_proxy import FlakyProxy
 from tests.realservers.yunnao_node import YunnaoProcess
-from yunnao.cascade import assertions
 from yunnao.cascade.feed import make_item
+from yunnao.registry.identity import assertions
 
 pytestmark = pytest.mark.slow
 

@@ -14,13 +14,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.cascade_support import signed_capability
 from tests.conftest import NODE_ID, Node, _node, assert_problem
-from yunnao.cascade.apply import Applier, CheckpointMoved
+from yunnao.cascade.apply import Applier
 from yunnao.cascade.compaction import compact
 from yunnao.cascade.feed import Compacted, Feed, signed_part
 from yunnao.cascade.peers import PeerStore
 from yunnao.cascade.policy import Reader, may_send, refusal
 from yunnao.cascade.signing import sign, verify
-from yunnao.registry import db, tokens
+from yunnao.plugins.errors import CheckpointMoved
+from yunnao.registry import db
+from yunnao.registry.identity import tokens
 from yunnao.registry.store import RegistryStore
 
 NS = f"{NODE_ID}.traffic"

@@ -12,12 +12,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from yunnao.cascade import assertions
-from yunnao.cascade.replay import OneTimeIds
 from yunnao.plugins.errors import Forbidden, Unauthorized, Unavailable
 from yunnao.registry.access import Identity
 from yunnao.registry.bindings import may_bind_outside, reaching_out
-from yunnao.registry.forwarded import Forwarded
+from yunnao.registry.identity import assertions
+from yunnao.registry.identity.forwarded import Forwarded
+from yunnao.registry.identity.replay import OneTimeIds
 from yunnao.registry.schemas import RuntimeBinding
 
 HERE = "sd.qd.shinan"

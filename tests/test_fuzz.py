@@ -51,7 +51,7 @@ from starlette.testclient import TestClient
 
 from tests.conftest import NODE_ID, Node, assert_problem
 from yunnao.app import create_app
-from yunnao.registry import tokens
+from yunnao.registry.identity import tokens
 from yunnao.settings import Settings
 
 pytestmark = [

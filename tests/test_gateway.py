@@ -22,7 +22,8 @@ from starlette.testclient import TestClient
 from tests.conftest import NODE_ID, assert_problem
 from tests.runtime_support import NAMESPACE, rt_capabilities
 from yunnao.app import create_app
-from yunnao.registry import db, tokens
+from yunnao.registry import db
+from yunnao.registry.identity import tokens
 from yunnao.settings import Settings
 
 INVOKE = f"/v1/invoke/{NAMESPACE}"

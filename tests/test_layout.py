@@ -114,3 +114,33 @@ def test_the_rules_see_the_whole_tree() -> None:
     modules = _modules()
     assert {"yunnao.registry.access", "yunnao.cli.common", "yunnao.plugins"} <= set(modules)
     assert len(modules) > 100
+
+
+def test_adapters_never_import_the_gateway() -> None:
+    """Inside runtimes/, the gateway runs adapters; an adapter knows only the runtime
+    protocol (adapters/base.py) and what is below runtimes/."""
+    wrong = [
+        f"{module} imports {target}"
+        for module, path in _modules().items()
+        if module.startswith("yunnao.runtimes.adapters")
+        for target in _imports(module, path, top_level_only=False)
+        if target.startswith("yunnao.runtimes.gateway")
+    ]
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+LONG = 500  # lines
+
+
+def test_a_long_module_says_why_in_its_first_lines() -> None:
+    """A module over about 500 lines opens with a docstring paragraph starting "Why one
+    module:" that says why one concept needs the length; otherwise it should be split."""
+    unexplained = []
+    for path in _modules().values():
+        text = path.read_text()
+        if text.count("\n") <= LONG:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if "Why one module:" not in doc:
+            unexplained.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+    assert not unexplained, "long modules that do not say why:\n" + "\n".join(unexplained)

@@ -12,8 +12,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from yunnao.plugins import SpecError, Tensor, capability
-from yunnao.plugins.capability import OutputInvalid
-from yunnao.plugins.errors import ValidationFailed
+from yunnao.plugins.errors import OutputInvalid, ValidationFailed
 from yunnao.plugins.tensor import FP32
 
 

@@ -18,19 +18,12 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from tests.realservers.bentoml import BentoMLServer
+from yunnao.plugins.errors import CapabilityError, InvocationTimeout, NotDeployable, RuntimeDown
 from yunnao.registry import names
 from yunnao.registry.schemas import PublishRequest
-from yunnao.runtimes.adapters.base import (
-    CapabilityError,
-    InvocationTimeout,
-    NotDeployable,
-    Runtime,
-    RuntimeContext,
-    RuntimeDown,
-    Target,
-)
+from yunnao.runtimes.adapters.base import Runtime, RuntimeContext, Target
 from yunnao.runtimes.adapters.bentoml import BentoMLRuntime
-from yunnao.runtimes.adapters.bentoml_services import service_capabilities
+from yunnao.runtimes.adapters.bentoml.services import service_capabilities
 
 pytestmark = pytest.mark.slow
 

@@ -23,15 +23,8 @@ import pytest
 from tests.realservers import free_port
 from tests.realservers.ray import RayHead
 from tests.runtime_support import RtModels, publish_rt_models
-from yunnao.runtimes.adapters.base import (
-    CapabilityError,
-    InvocationTimeout,
-    NotDeployable,
-    Runtime,
-    RuntimeContext,
-    RuntimeDown,
-    Target,
-)
+from yunnao.plugins.errors import CapabilityError, InvocationTimeout, NotDeployable, RuntimeDown
+from yunnao.runtimes.adapters.base import Runtime, RuntimeContext, Target
 from yunnao.runtimes.adapters.rayserve import RayServeRuntime
 
 pytestmark = pytest.mark.slow

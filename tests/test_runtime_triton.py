@@ -17,14 +17,8 @@ import pytest
 
 from tests.realservers.triton import TritonProcess
 from tests.runtime_support import RtModels, publish_rt_models
-from yunnao.runtimes.adapters.base import (
-    CapabilityError,
-    InvocationTimeout,
-    NotDeployable,
-    Runtime,
-    RuntimeContext,
-    RuntimeDown,
-)
+from yunnao.plugins.errors import CapabilityError, InvocationTimeout, NotDeployable, RuntimeDown
+from yunnao.runtimes.adapters.base import Runtime, RuntimeContext
 from yunnao.runtimes.adapters.loading import download_model
 from yunnao.runtimes.adapters.triton import TritonRuntime, TritonServer, write_wrapper_entry
 

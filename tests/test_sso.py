@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from tests.conftest import NODE_ID, assert_problem
 from tests.realservers.oidc import OidcProvider
 from yunnao.app import create_app
-from yunnao.registry.oidc import OidcConfig, OidcVerifier
+from yunnao.registry.identity.oidc import OidcConfig, OidcVerifier
 from yunnao.settings import Settings
 
 pytestmark = pytest.mark.slow

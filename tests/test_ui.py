@@ -14,9 +14,9 @@ from starlette.testclient import TestClient
 from tests.conftest import NODE_ID, Node
 from yunnao.catalog_ui import forms, i18n, text
 from yunnao.plugins.errors import ValidationFailed
-from yunnao.registry import tokens
 from yunnao.registry.access import Identity
-from yunnao.registry.auth import SESSION_COOKIE
+from yunnao.registry.identity import tokens
+from yunnao.registry.identity.middleware import SESSION_COOKIE
 
 NS = f"{NODE_ID}.traffic"
 UI = Path(__file__).resolve().parents[1] / "catalog_ui"

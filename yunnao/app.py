@@ -1,50 +1,53 @@
-"""Assemble one node: store, migrations, node key, catalog API, health and OpenAPI."""
+"""Assemble one node: the composition root.
+
+:func:`create_app` builds the parts (store, node key, models, runtimes, gateway, jobs,
+credentials, cascade), connects them, mounts their routes in order and runs their
+background tasks for the app's lifetime; each part's logic lives in its own package.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
 import sqlalchemy as sa
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from yunnao import __version__, catalog_ui
 from yunnao.cascade import api as cascade_api
-from yunnao.cascade import assertions, compaction
+from yunnao.cascade import compaction
 from yunnao.cascade.apply import Applier
 from yunnao.cascade.feed import Feed
 from yunnao.cascade.history import LagHistory
 from yunnao.cascade.metrics import CascadeCollector
 from yunnao.cascade.peers import PeerKeys, PeerStore
 from yunnao.cascade.sync import Replicator
-from yunnao.plugins.errors import Unauthorized, Unavailable, YunnaoError
+from yunnao.plugins.errors import YunnaoError
 from yunnao.plugins.loader import Plugins
-from yunnao.registry import api, audit_api, db, keys_api, migrate, openapi, tokens
-from yunnao.registry.access import Action, require
-from yunnao.registry.apikeys import ApiKeys, is_api_key
+from yunnao.registry import api, audit_api, db, keys_api, migrate, node_api, openapi
 from yunnao.registry.audit import AuditLog, AuditMiddleware
-from yunnao.registry.auth import AuthMiddleware, identity_of
-from yunnao.registry.oidc import OidcConfig, OidcVerifier
+from yunnao.registry.identity import tokens
+from yunnao.registry.identity.apikeys import ApiKeys
+from yunnao.registry.identity.assertions import AssertionIssuer
+from yunnao.registry.identity.credentials import Credentials
+from yunnao.registry.identity.middleware import AssertionUse, AuthMiddleware
+from yunnao.registry.identity.oidc import OidcConfig, OidcVerifier
 from yunnao.registry.problems import EXCEPTION_HANDLERS
 from yunnao.registry.publishing import Publisher
 from yunnao.registry.request_id import RequestIdMiddleware
-from yunnao.registry.schemas import Health
 from yunnao.registry.store import RegistryStore
 from yunnao.runtimes.adapters import builtin as builtin_runtimes
 from yunnao.runtimes.adapters.base import RuntimeContext
 from yunnao.runtimes.adapters.loading import load_runnable
 from yunnao.runtimes.adapters.manager import Runtimes
 from yunnao.runtimes.gateway import api as gateway_api
-from yunnao.runtimes.gateway import metrics_view, usage_api, v2
+from yunnao.runtimes.gateway import metrics_api, usage_api, v2
 from yunnao.runtimes.gateway.core import Gateway
 from yunnao.runtimes.gateway.jobs import Jobs
 from yunnao.runtimes.gateway.metrics import Metrics
@@ -140,16 +143,15 @@ def prepare_store(settings: Settings) -> sa.Engine:
     return engine
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings()
-    plugins = load_plugins(settings)
-    engine = prepare_store(settings)
-    key = tokens.load_or_create_key(settings.key_path)
-    public_key = key.public_key()
-    store = RegistryStore(engine, settings.node_id)
-    store.ensure_node(title=settings.node_title, public_key=tokens.public_key_text(key))
-    models = model_store(settings)
-    publisher = Publisher(store, models)
+def runtime_context(
+    settings: Settings,
+    plugins: Plugins,
+    models: Any,
+    peer_keys: PeerKeys,
+    assertions: AssertionIssuer,
+) -> RuntimeContext:
+    """What the runtimes may use from this node: its MLflow, its plugins' capabilities,
+    and (for the remote runtime) its linked nodes' URLs and its assertions to them."""
     context = RuntimeContext(
         node_id=settings.node_id,
         data_dir=settings.data_dir.resolve(),
@@ -158,27 +160,85 @@ def create_app(settings: Settings | None = None) -> Starlette:
         load_model=lambda uri: load_runnable(uri, models.tracking_uri, models.registry_uri),
         capabilities=plugins.capabilities,
     )
-    peers = PeerStore(store, key)
-    peer_keys = PeerKeys(peers)
-    context.peer_url = lambda node: peer_keys.url(node)
-    context.assertion = lambda node, caller, **bound: assertions.issue(
-        key, node_id=settings.node_id, audience=node, purpose="invoke", caller=caller, **bound
-    )
-    runtimes = Runtimes(plugins.runtimes, settings.runtimes, context)
-    metrics = Metrics()
-    usage = UsageLog(engine)
+    context.peer_url = peer_keys.url
+    context.assertion = assertions.invoke
+    return context
 
-    def alias_lookup(namespace: str, name: str, alias: str) -> str | None:
+
+def alias_lookup(store: RegistryStore, models: Any) -> Callable[[str, str, str], str | None]:
+    """The version an MLflow alias of a capability's model points at (None: no such alias
+    or no version of this node registered that model)."""
+
+    def lookup(namespace: str, name: str, alias: str) -> str | None:
         uri = models.alias_version(namespace, name, alias)
         return None if uri is None else store.version_of_model(namespace, name, uri)
 
+    return lookup
+
+
+Task = Callable[[], Awaitable[Any]]
+
+
+def lifespan(
+    settings: Settings,
+    *,
+    publisher: Publisher,
+    plugins: Plugins,
+    store: RegistryStore,
+    background: list[Task],
+    runtimes: Runtimes,
+    engine: sa.Engine,
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """Startup (publish new plugin versions, warm the search), the ``background`` tasks
+    while the app runs, then shutdown (runtimes closed, store disposed)."""
+
+    @contextlib.asynccontextmanager
+    async def run(app: Starlette) -> AsyncIterator[None]:
+        if settings.publish_plugins:
+            await anyio.to_thread.run_sync(publish_new, publisher, plugins)
+        await anyio.to_thread.run_sync(store.warm)  # the first search should not pay for it
+        async with anyio.create_task_group() as tg:
+            for task in background:
+                tg.start_soon(task)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+        await runtimes.close()
+        engine.dispose()
+
+    return run
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    node_id = settings.node_id
+
+    # The parts: the store and this node's key, models, runtimes, gateway and jobs.
+    plugins = load_plugins(settings)
+    engine = prepare_store(settings)
+    key = tokens.load_or_create_key(settings.key_path)
+    store = RegistryStore(engine, node_id)
+    store.ensure_node(title=settings.node_title, public_key=tokens.public_key_text(key))
+    models = model_store(settings)
+    publisher = Publisher(store, models)
+    assertions = AssertionIssuer(key, node_id)
+    peers = PeerStore(store, key)
+    peer_keys = PeerKeys(peers)
+    runtimes = Runtimes(
+        plugins.runtimes,
+        settings.runtimes,
+        runtime_context(settings, plugins, models, peer_keys, assertions),
+    )
+    metrics = Metrics()
+    usage = UsageLog(engine)
     gateway = Gateway(
         store,
         runtimes,
         plugins,
         usage,
         metrics,
-        alias_lookup=alias_lookup,
+        alias_lookup=alias_lookup(store, models),
         limiter=limiter_for(engine),
         caller_limit=settings.rate_limit,
         anonymous_limit=settings.rate_limit_anonymous,
@@ -193,83 +253,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
         outbound=OutboundGuard(settings.callback_allow),
     )
 
+    # Identity: every credential a caller may present, and the audit trail.
     sso = single_sign_on(settings)
-
-    api_keys = ApiKeys(engine, settings.node_id)
+    api_keys = ApiKeys(engine, node_id)
+    credentials = Credentials(
+        node_id=node_id,
+        public_key=key.public_key(),
+        api_keys=api_keys,
+        linked=peer_keys,
+        sso=sso,
+    )
     audit = AuditLog(engine)
 
-    def verify(token: str) -> Any:
-        if is_api_key(token):
-            return api_keys.verify(token)
-        issuer = assertions.issuer_of(token)
-        if sso is not None and issuer == settings.oidc_issuer:
-            return sso.verify(token)
-        if issuer is None or issuer == settings.node_id:
-            return tokens.verify(public_key, settings.node_id, token)
-        peer_key = peer_keys.key(issuer)
-        if peer_key is None:
-            raise Unauthorized(
-                f"token issued by {issuer!r}, which this node does not accept (neither this "
-                "node, its identity provider, nor a linked node)"
-            )
-        return assertions.verify(
-            peer_key,
-            peer=issuer,
-            node_id=settings.node_id,
-            token=token,
-            relation=peer_keys.relation(issuer),
-        )
-
-    feed = Feed(engine, settings.node_id, key, share_internal=settings.cascade_share_internal)
-    applier = Applier(settings.node_id, key, store.transaction)
+    # The cascade: this node's feed, applying its peers' entries, and the sync loops.
+    feed = Feed(engine, node_id, key, share_internal=settings.cascade_share_internal)
+    applier = Applier(node_id, key, store.transaction)
     replicator = Replicator(
         feed=feed,
         applier=applier,
         peers=peers,
-        assertion=lambda node: assertions.issue(
-            key, node_id=settings.node_id, audience=node, purpose="cascade"
-        ),
+        assertion=assertions.cascade,
         batch=settings.cascade_batch,
         wait=settings.cascade_wait,
     )
     metrics.registry.register(CascadeCollector(peers))
+    lag_history = LagHistory(peers)
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse(
-            Health(status="ok", node=settings.node_id, version=__version__).model_dump(
-                exclude_none=True
-            )
-        )
-
-    def _check_ready() -> None:
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            at = migrate.current(engine)
-        except sa.exc.SQLAlchemyError as exc:
-            raise Unavailable(f"registry database unreachable: {type(exc).__name__}") from None
-        if at != migrate.head():
-            raise Unavailable(f"registry schema is at {at}, needs {migrate.head()}")
-
-    async def readyz(request: Request) -> Response:
-        await anyio.to_thread.run_sync(_check_ready)
-        return JSONResponse(
-            Health(status="ready", node=settings.node_id).model_dump(exclude_none=True)
-        )
-
-    async def prometheus(request: Request) -> Response:
-        # Operators only; labels name capabilities: each shows only to whom the policy
-        # lets discover it.
-        identity = identity_of(request)
-        require(identity, Action.READ_NODE, settings.node_id)
-        for rtype, health in (await runtimes.health()).items():
-            metrics.runtime_up.labels(rtype).set(1 if health.ok else 0)
-        text = await anyio.to_thread.run_sync(
-            metrics_view.exposition, metrics.registry, identity, engine
-        )
-        return Response(text, media_type=CONTENT_TYPE_LATEST)
-
-    # The invocation routes first: they take the most traffic, and routes match in order.
+    # The routes, in order: the invocation routes first (they take the most traffic, and
+    # routes match in order), then the catalog, the cascade, the pages and the node's own.
     endpoints = (
         gateway_api.ENDPOINTS
         + v2.ENDPOINTS
@@ -281,81 +292,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     spec = openapi.document(
         endpoints,
-        title=f"Yunnao node {settings.node_id}",
+        title=f"Yunnao node {node_id}",
         version=__version__,
-        extra_paths={
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "Liveness",
-                    "tags": ["node"],
-                    "responses": {"200": {"description": "alive"}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "Readiness (store reachable, schema current)",
-                    "tags": ["node"],
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics (invocations, latency, jobs, runtimes); "
-                    "needs an operator or admin token of this node",
-                    "tags": ["node"],
-                    "security": [{"bearer": []}],
-                    "responses": {
-                        "200": {"description": "text exposition format"},
-                        "401": {"description": "Authentication required"},
-                        "403": {"description": "Forbidden"},
-                    },
-                }
-            },
-        },
+        extra_paths={**node_api.OPENAPI_PATHS, **metrics_api.OPENAPI_PATHS},
     )
+    routes = [
+        *api.routes(endpoints),
+        *catalog_ui.routes(),
+        *node_api.routes(node_id=node_id, version=__version__, engine=engine, spec=spec),
+        metrics_api.route(node_id=node_id, runtimes=runtimes, metrics=metrics, engine=engine),
+    ]
 
-    async def openapi_json(request: Request) -> Response:
-        return JSONResponse(spec)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if settings.publish_plugins:
-            await anyio.to_thread.run_sync(publish_new, publisher, plugins)
-        await anyio.to_thread.run_sync(store.warm)  # the first search should not pay for it
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(usage.run)
-            tg.start_soon(audit.run)
-            if settings.job_workers:
-                tg.start_soon(jobs.run)
-            if settings.cascade_sync:
-                tg.start_soon(replicator.run)
-            tg.start_soon(lag_history.run)
-            if settings.cascade_keep_days is not None:
-                tg.start_soon(compaction.run_hourly, feed, settings.cascade_keep_days)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-        await runtimes.close()
-        engine.dispose()
-
-    lag_history = LagHistory(peers)
+    background: list[Task] = [usage.run, audit.run]
+    if settings.job_workers:
+        background.append(jobs.run)
+    if settings.cascade_sync:
+        background.append(replicator.run)
+    background.append(lag_history.run)
+    if settings.cascade_keep_days is not None:
+        background.append(partial(compaction.run_hourly, feed, settings.cascade_keep_days))
 
     app = Starlette(
-        routes=[
-            *api.routes(endpoints),
-            *catalog_ui.routes(),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/openapi.json", openapi_json, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
-        ],
+        routes=routes,
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(
@@ -365,15 +323,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
             Middleware(
                 AuthMiddleware,
-                verify=verify,
-                verify_session=lambda t: tokens.verify_session(public_key, settings.node_id, t),
+                verify=credentials.verify,
+                verify_session=credentials.verify_session,
             ),
             # A linked node's assertion serves only its purpose and route, once.
-            Middleware(assertions.AssertionUse),
+            Middleware(AssertionUse),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        lifespan=lifespan,
+        lifespan=lifespan(
+            settings,
+            publisher=publisher,
+            plugins=plugins,
+            store=store,
+            background=background,
+            runtimes=runtimes,
+            engine=engine,
+        ),
     )
+
+    # What the routes and pages read from the app.
     app.state.catalog = api.Catalog(
         store=store,
         max_body_bytes=settings.max_body_bytes,
@@ -388,7 +356,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_body_bytes=settings.max_body_bytes,
     )
     app.state.cascade = cascade_api.Cascade(
-        node_id=settings.node_id,
+        node_id=node_id,
         title=settings.node_title,
         public_key=tokens.public_key_text(key),
         feed=feed,
@@ -401,7 +369,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.audit = audit
     app.state.node_key = key
     app.state.sso = sso
-    app.state.verify = verify
+    app.state.verify = credentials.verify
     app.state.lag_history = lag_history
     app.state.usage_engine = engine
     app.state.stopping = threading.Event()  # set when the server begins to shut down

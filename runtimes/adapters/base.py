@@ -8,9 +8,10 @@ contributed through the ``yunnao_runtimes`` hook as ``{type: factory}``; a facto
 called once per node as ``factory(config, context)`` with the node's configuration for
 that runtime type (``Settings.runtimes[type]``) and a :class:`RuntimeContext`.
 
-Adapters report failures with the exceptions below, which the gateway turns into
-HTTP answers: :class:`RuntimeDown` (503 with ``Retry-After``), :class:`InvocationTimeout`
-(504) and :class:`CapabilityError` (500; its detail is logged, never shown to callers).
+Adapters report failures with exceptions of ``yunnao.plugins.errors``, which the gateway
+turns into HTTP answers: ``RuntimeDown`` (503 with ``Retry-After``), ``InvocationTimeout``
+(504), ``NotDeployable`` (409) and ``CapabilityError`` (500; its detail is logged, never
+shown to callers).
 """
 
 from __future__ import annotations
@@ -25,39 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from yunnao.plugins.capability import Capability
-from yunnao.plugins.errors import Unavailable, YunnaoError
 from yunnao.registry.access import Identity
-
-
-class RuntimeDown(Unavailable):
-    """The runtime's server cannot be reached or is not serving; the caller may retry
-    after ``retry_after`` seconds."""
-
-    slug, title = "runtime-unavailable", "Runtime unavailable"
-
-    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-
-class InvocationTimeout(YunnaoError):
-    """The capability did not answer within the call's timeout."""
-
-    status, slug, title = 504, "timeout", "Capability timed out"
-
-
-class CapabilityError(YunnaoError):
-    """The capability itself raised (or its server answered with an error). ``detail``
-    is for the operator's log: the gateway shows callers an error id instead."""
-
-    status, slug, title = 500, "capability-failed", "Capability failed"
-
-
-class NotDeployable(YunnaoError):
-    """The version cannot run on its runtime as bound (no model to load, unknown
-    runtime type, a binding the runtime does not accept)."""
-
-    status, slug, title = 409, "not-deployable", "Capability cannot be run"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -135,7 +104,7 @@ class RuntimeContext:
     # For the remote runtime: a linked node's base URL (None when it cannot be reached
     # from here), and an assertion for it carrying the caller and binding the call:
     # ``assertion(node, caller, route=..., visited=..., deadline=...)`` (see
-    # yunnao.cascade.assertions).
+    # yunnao.registry.identity.assertions).
     peer_url: Callable[[str], str | None] | None = None
     assertion: Callable[..., str] | None = None
 

@@ -29,26 +29,46 @@ from multiprocessing.pool import Pool
 from typing import Any
 
 import anyio.to_thread
+from pydantic import ConfigDict
 
 from yunnao.plugins.capability import Capability
-from yunnao.plugins.errors import FieldError, ValidationFailed, YunnaoError
+from yunnao.plugins.errors import (
+    CapabilityError,
+    FieldError,
+    InvocationTimeout,
+    NotDeployable,
+    RuntimeDown,
+    ValidationFailed,
+    YunnaoError,
+)
 from yunnao.registry.models import own_model_version
 from yunnao.registry.publishing import plugin_namespace
 
-from .base import (
-    CapabilityError,
-    InvocationTimeout,
-    NotDeployable,
-    RuntimeContext,
-    RuntimeDown,
-    RuntimeHealth,
-    Target,
-)
+from .base import RuntimeContext, RuntimeHealth, Target
 from .loading import Runnable, from_capability, load_runnable
+from .settings import RuntimeSettings
 
 log = logging.getLogger("yunnao.runtimes.inprocess")
 
 EXECUTORS = ("thread", "process")
+
+
+class InProcessSettings(RuntimeSettings):
+    """The ``inprocess`` runtime's node settings (``Settings.runtimes["inprocess"]``),
+    every key optional. Unlike the other runtimes' settings, keys it does not know are
+    ignored (as they always were here), not refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    executor: str = "thread"
+    """``thread`` (a pool of ``threads`` in the node) or ``process`` (a pool of
+    ``processes`` worker processes)."""
+    threads: int = 4
+    """Worker threads of the ``thread`` executor."""
+    processes: int = 0
+    """Worker processes of the ``process`` executor (0: one fewer than the CPUs, at least 1)."""
+    max_concurrency: int = 4
+    """Calls of one target at once, unless its binding sets ``max_concurrency``."""
 
 
 class InProcessRuntime:
@@ -57,14 +77,16 @@ class InProcessRuntime:
     type = "inprocess"
 
     def __init__(self, config: Mapping[str, Any], context: RuntimeContext) -> None:
+        settings = InProcessSettings.parse(self.type, config)
+        self.settings = settings
         self.context = context
-        self.executor = str(config.get("executor", "thread"))
+        self.executor = settings.executor
         if self.executor not in EXECUTORS:
             raise ValueError(
                 f"inprocess executor must be one of {EXECUTORS}, not {self.executor!r}"
             )
-        self.processes = int(config.get("processes", 0)) or max(1, (os.cpu_count() or 2) - 1)
-        self.max_concurrency = int(config.get("max_concurrency", 4))
+        self.processes = settings.processes or max(1, (os.cpu_count() or 2) - 1)
+        self.max_concurrency = settings.max_concurrency
         self._runnables: dict[str, Runnable] = {}  # thread executor: slug -> runnable
         self._sources: dict[str, tuple[str, str]] = {}  # process executor: slug -> source
         self._limiters: dict[str, asyncio.Semaphore] = {}
@@ -72,7 +94,7 @@ class InProcessRuntime:
         # for the GIL and the tail latency of every call grows (measured: p99 at 32
         # concurrent calls 40 ms with 4 threads, 260 ms with 8). Raise it for
         # capabilities that mostly wait on I/O.
-        self.threads = int(config.get("threads", 4))
+        self.threads = settings.threads
         self._threads = self._new_threads()
         self._pool: Pool | None = None
 

@@ -14,7 +14,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .base import NotDeployable, Runtime, RuntimeContext, RuntimeHealth, Target
+from yunnao.plugins.errors import NotDeployable
+
+from .base import Runtime, RuntimeContext, RuntimeHealth, Target
 
 log = logging.getLogger("yunnao.runtimes")
 

@@ -20,49 +20,36 @@ from typing import Any
 
 import aiohttp
 
-from yunnao.plugins.errors import FieldError, LoopDetected, YunnaoError
-from yunnao.registry.access import ANONYMOUS
-
-from .base import (
+from yunnao.plugins.errors import (
     CapabilityError,
     InvocationTimeout,
+    LoopDetected,
     NotDeployable,
-    RuntimeContext,
+    RemoteFailed,
     RuntimeDown,
-    RuntimeHealth,
-    Target,
-    check_settings,
-    current_call,
 )
+from yunnao.registry.access import ANONYMOUS
+
+from .base import RuntimeContext, RuntimeHealth, Target, current_call
+from .settings import RuntimeSettings
 
 log = logging.getLogger("yunnao.runtimes.remote")
 
-SETTINGS = frozenset({"connect_timeout"})
 
+class RemoteSettings(RuntimeSettings):
+    """The ``remote`` runtime's node settings (``Settings.runtimes["remote"]``)."""
 
-class RemoteFailed(YunnaoError):
-    """The origin answered a problem: passed on with the origin's status and detail."""
-
-    def __init__(self, status: int, body: dict[str, Any], node: str) -> None:
-        detail = str(body.get("detail") or body.get("title") or f"node {node} answered {status}")
-        extra = {k: v for k, v in body.items() if k in ("error_id", "errors_at", "checkpoint")}
-        super().__init__(detail, extra={**extra, "node": node})
-        self.status = status
-        self.slug = str(body.get("type", "")).rsplit("/", 1)[-1] or "remote-error"
-        self.title = str(body.get("title") or "Error at the origin node")
-        self.errors = []
-        for err in body.get("errors") or []:
-            if isinstance(err, dict) and "field" in err:
-                self.errors.append(FieldError(str(err["field"]), str(err.get("message", ""))))
+    connect_timeout: float = 5
+    """Seconds connecting to a linked node may take."""
 
 
 class RemoteRuntime:
     type = "remote"
 
     def __init__(self, config: Mapping[str, Any], context: RuntimeContext) -> None:
-        check_settings(self.type, config, SETTINGS)
+        self.settings = RemoteSettings.parse(self.type, config)
         self.context = context
-        self.connect_timeout = float(config.get("connect_timeout", 5))
+        self.connect_timeout = self.settings.connect_timeout
         self._session: aiohttp.ClientSession | None = None
 
     def _url(self, target: Target) -> tuple[str, str]:

@@ -10,16 +10,15 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from yunnao.plugins.errors import FieldError, LoopDetected, ValidationFailed
+from yunnao.plugins.errors import FieldError, ValidationFailed
 from yunnao.registry import schemas
-from yunnao.registry.access import Action, Identity, require
+from yunnao.registry.access import Action, require
 from yunnao.registry.api import Endpoint
-from yunnao.registry.auth import identity_of
 from yunnao.registry.bindings import require_binding
-from yunnao.registry.forwarded import forwarded
 from yunnao.registry.http import json_response, read_model
+from yunnao.registry.identity.forwarded import forwarded
+from yunnao.registry.identity.middleware import identity_of
 
-from ..adapters.base import InvocationTimeout
 from .core import Gateway
 from .jobs import Jobs
 
@@ -86,38 +85,16 @@ def _wants_async(request: Request) -> bool:
     return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
 
 
-def _forwarding(request: Request, identity: Identity) -> tuple[tuple[str, ...], float | None]:
-    """The nodes a call forwarded by a linked node has visited and its caller's deadline,
-    as the node's signed assertion says: a call that has been here already is a loop
-    (508), one whose deadline has passed is answered 504 at once."""
-    call = forwarded(identity)
-    if call is None:
-        return (), None
-    here = _invoker(request).gateway.store.node_id
-    if here in call.visited:
-        raise LoopDetected(
-            f"this call has already visited node {here} (path: {' -> '.join(call.visited)} "
-            f"-> {here}): the runtime bindings of these nodes form a loop",
-            extra={"visited": list(call.visited)},
-        )
-    left = call.remaining()
-    if left is not None and left <= 0:
-        raise InvocationTimeout(
-            f"the caller's deadline passed {-left:.3f} s before it reached {here}"
-        )
-    if _wants_async(request):
-        raise ValidationFailed(
-            "a call forwarded by a linked node is synchronous",
-            errors=[FieldError("Prefer", "respond-async is not for forwarded calls")],
-        )
-    return call.visited, call.deadline
-
-
 async def invoke(request: Request) -> Response:
     invoker = _invoker(request)
     gateway = invoker.gateway
     identity = identity_of(request)
-    visited, deadline = _forwarding(request, identity)
+    asynchronous = _wants_async(request)
+    if asynchronous and forwarded(identity) is not None:
+        raise ValidationFailed(
+            "a call forwarded by a linked node is synchronous",
+            errors=[FieldError("Prefer", "respond-async is not for forwarded calls")],
+        )
     namespace, name_ref = request.path_params["namespace"], request.path_params["name"]
     body = await read_model(request, InvokeRequest, invoker.max_body_bytes)
     timeout = body.timeout or invoker.default_timeout
@@ -126,11 +103,11 @@ async def invoke(request: Request) -> Response:
             f"timeout: at most {invoker.max_timeout:g} s at this node",
             errors=[FieldError("timeout", f"at most {invoker.max_timeout:g}")],
         )
-    call = await gateway.resolve(identity, namespace, name_ref)
-    await gateway.admit(identity, call, request.client.host if request.client else None)
+    client = request.client.host if request.client else None
     request_id = request.state.request_id
-    headers = {"Deprecation": "true"} if call.deprecated else {}
-    if _wants_async(request):
+    if asynchronous:
+        call = await gateway.admitted(identity, namespace, name_ref, client=client)
+        headers = {"Deprecation": "true"} if call.deprecated else {}
         inputs = gateway.validate(call.target, "input", body.input)
         callback_url = None
         if body.callback_url is not None:  # never into the node's network (422)
@@ -153,23 +130,23 @@ async def invoke(request: Request) -> Response:
             "callback_url needs an asynchronous call (header Prefer: respond-async)",
             errors=[FieldError("callback_url", "only with Prefer: respond-async")],
         )
-    started = anyio.current_time()
-    output = await gateway.invoke(
+    answer = await gateway.call(
         identity,
-        call,
+        namespace,
+        name_ref,
         body.input,
         timeout=timeout,
+        client=client,
         request_id=request_id,
-        visited=visited,
-        deadline=deadline,
     )
-    answer = {
-        "output": output,
-        "capability": call.target.id,
+    result = {
+        "output": answer.output,
+        "capability": answer.call.target.id,
         "request_id": request_id,
-        "latency_ms": round((anyio.current_time() - started) * 1000, 3),
+        "latency_ms": answer.latency_ms,
     }
-    return JSONResponse(answer, headers=headers)
+    headers = {"Deprecation": "true"} if answer.call.deprecated else {}
+    return JSONResponse(result, headers=headers)
 
 
 async def get_job(request: Request) -> Response:

@@ -1,10 +1,15 @@
 """The invocation gateway: from ``namespace/name[@ref]`` and a JSON input to an answer.
 
-The path of one call: resolve the reference to a version (cached; the node's own
-writes invalidate at once, other nodes' within ``cache_ttl``) → access check →
-input validated against the version's JSON Schema (422 naming each field) →
-``yunnao_before_invoke`` hooks → the runtime bound to the version (deployed on first
-use) → output validated → ``yunnao_after_invoke`` hooks → usage record and metrics.
+:meth:`Gateway.call` is the one entry point of a call, used by every front: the
+``/v1/invoke`` route, the V2 inference route, the job workers and the web page's try-it.
+A rule added to a call is added there, once. The path of one call: the forwarding
+rules for a call a linked node forwarded (a loop is 508, a passed deadline 504) →
+resolve the reference to a version (cached; the node's own writes invalidate at once,
+other nodes' within ``cache_ttl``) → access check → rate limits (429) → the front's
+input, built once the version is known → input validated against the version's JSON
+Schema (422 naming each field) → ``yunnao_before_invoke`` hooks → the runtime bound to
+the version (deployed on first use) → output validated → ``yunnao_after_invoke`` hooks →
+usage record and metrics.
 
 Failures become problems: a retired version 410, a runtime down 503 with
 ``Retry-After``, a timeout 504, a capability that raised 500 with an error id (its
@@ -14,15 +19,14 @@ message goes to the node's log, never to the caller).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import hashlib
+import inspect
 import logging
 import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -32,10 +36,14 @@ from jsonschema import Draft202012Validator
 
 from yunnao.plugins.capability import Invocation
 from yunnao.plugins.errors import (
+    CapabilityError,
     FieldError,
     Forbidden,
     Gone,
+    InvocationTimeout,
+    LoopDetected,
     NotFound,
+    RuntimeDown,
     TooManyRequests,
     Unavailable,
     ValidationFailed,
@@ -44,19 +52,13 @@ from yunnao.plugins.errors import (
 from yunnao.plugins.loader import Plugins
 from yunnao.registry import names
 from yunnao.registry.access import Action, Entry, Identity, access_rules, decide
+from yunnao.registry.identity.forwarded import forwarded
 from yunnao.registry.limits import Limit
-from yunnao.registry.models import own_model_version
 from yunnao.registry.store import RegistryStore, Resolution
 
-from ..adapters.base import (
-    CallContext,
-    CapabilityError,
-    InvocationTimeout,
-    RuntimeDown,
-    Target,
-    current_call,
-)
+from ..adapters.base import CallContext, Target, current_call
 from ..adapters.manager import Runtimes
+from .calls import Answer, Call, Inputs, split_ref, target_for
 from .metrics import Metrics
 from .ratelimit import MemoryLimiter, RateLimiter
 from .usage import Usage, UsageLog
@@ -65,75 +67,6 @@ log = logging.getLogger("yunnao.gateway")
 
 # Deploying (loading a model, starting a deployment) is not part of a call's timeout.
 DEPLOY_TIMEOUT = 300.0
-
-
-class CapabilityFailed(YunnaoError):
-    """The capability (or its runtime) failed; ``error_id`` finds it in the node's log."""
-
-    status, slug, title = 500, "capability-failed", "Capability failed"
-
-
-class InvalidOutput(YunnaoError):
-    """The capability answered with output its own schema does not allow."""
-
-    status, slug, title = 500, "invalid-output", "Capability returned invalid output"
-
-
-@dataclass(frozen=True)
-class Call:
-    """A resolved reference: the target version and how it is listed."""
-
-    target: Target
-    status: str  # the version's lifecycle status
-    classification: str
-    rate_limit: str | None = None  # the capability's own, all callers together
-
-    @property
-    def deprecated(self) -> bool:
-        return self.status == "deprecated"
-
-
-def split_ref(name_ref: str) -> tuple[str, str | None]:
-    """``"flow-forecast@1.2.0"`` → ``("flow-forecast", "1.2.0")``; no ``@`` → ref None."""
-    name, sep, ref = name_ref.partition("@")
-    return name, (ref if sep else None)
-
-
-def own_model(version: Any) -> str | None:
-    """The model a version's runtime may load: its ``model_uri`` only when that is a
-    version of ``namespace.name`` in this node's own MLflow. Whatever else a row holds
-    (written before that rule, or by hand) reaches no runtime (in process, Ray Serve,
-    Triton): the version then has no model to run."""
-    uri = version.model_uri
-    if uri is None or own_model_version(version.namespace, version.name, uri) is not None:
-        return uri
-    log.warning("%s names a model that is not its own (%r): not loaded", version.id, uri)
-    return None
-
-
-def target_of(version: Any) -> Target:
-    """The runtime target of a :class:`~yunnao.registry.schemas.Version`."""
-    return Target(
-        namespace=version.namespace,
-        name=version.name,
-        version=version.version,
-        runtime=version.runtime.type,
-        config=version.runtime.config,
-        model_uri=own_model(version),
-        input_schema=version.input_schema,
-        output_schema=version.output_schema,
-        content_hash=version.content_hash,
-    )
-
-
-def target_for(resolution: Resolution) -> Target:
-    """Where a resolved version runs: its own binding, or, for an entry cascaded from
-    another node, the ``remote`` runtime towards the node it came through."""
-    target = target_of(resolution.version)
-    if resolution.via_node is None:
-        return target
-    config = {"node": resolution.via_node, "origin": resolution.origin_node}
-    return dataclasses.replace(target, runtime="remote", config=config)
 
 
 def schema_errors(validator: Draft202012Validator, data: Any, prefix: str) -> list[FieldError]:
@@ -196,6 +129,97 @@ class Gateway:
         self._cache: dict[tuple[str, str, str | None], tuple[float, int, Resolution, Target]] = {}
         self._validators: dict[tuple[str, str, str], Draft202012Validator] = {}
         self._locks: dict[tuple[str, str, str | None], asyncio.Lock] = {}
+
+    # ------------------------------------------------------------ the entry point
+
+    async def call(
+        self,
+        identity: Identity,
+        namespace: str,
+        name_ref: str,
+        inputs: Inputs,
+        *,
+        timeout: float,
+        client: str | None = None,
+        request_id: str | None = None,
+        mode: str = "sync",
+        accept: Callable[[Call], None] | None = None,
+        queued: bool = False,
+    ) -> Answer:
+        """Run one call of ``namespace/name[@ref]`` for ``identity``: the forwarding rules,
+        :meth:`admitted` (resolve, access, rate limits), the input (``inputs`` or, when
+        callable, what it builds from the resolved call), then :meth:`invoke` (validate,
+        hooks, runtime, usage and metrics). ``accept`` lets a front refuse a version it
+        cannot serve before the call is admitted. ``queued``: a job's call, whose access
+        and rate limits were checked when it was submitted; it runs the version the job
+        names as that version is now."""
+        if queued:
+            call = await self._queued(namespace, name_ref)
+            visited: tuple[str, ...] = ()
+            deadline = None
+        else:
+            visited, deadline = self.forwarding(identity)
+            call = await self.admitted(identity, namespace, name_ref, client=client, accept=accept)
+        data = inputs(call) if callable(inputs) else inputs
+        if inspect.isawaitable(data):
+            data = await data
+        started = time.perf_counter()
+        output = await self.invoke(
+            identity,
+            call,
+            data,
+            timeout=timeout,
+            request_id=request_id,
+            mode=mode,
+            visited=visited,
+            deadline=deadline,
+        )
+        return Answer(call, output, round((time.perf_counter() - started) * 1000, 3))
+
+    def forwarding(self, identity: Identity) -> tuple[tuple[str, ...], float | None]:
+        """The nodes a call forwarded by a linked node has visited and its caller's
+        deadline, as the node's signed assertion says: a call that has been here already
+        is a loop (508), one whose deadline has passed is answered 504 at once."""
+        call = forwarded(identity)
+        if call is None:
+            return (), None
+        here = self.store.node_id
+        if here in call.visited:
+            raise LoopDetected(
+                f"this call has already visited node {here} (path: "
+                f"{' -> '.join(call.visited)} -> {here}): the runtime bindings of these nodes "
+                "form a loop",
+                extra={"visited": list(call.visited)},
+            )
+        left = call.remaining()
+        if left is not None and left <= 0:
+            raise InvocationTimeout(
+                f"the caller's deadline passed {-left:.3f} s before it reached {here}"
+            )
+        return call.visited, call.deadline
+
+    async def admitted(
+        self,
+        identity: Identity,
+        namespace: str,
+        name_ref: str,
+        *,
+        client: str | None,
+        accept: Callable[[Call], None] | None = None,
+    ) -> Call:
+        """:meth:`resolve` then :meth:`admit`: the call ``identity`` may make now (also
+        what an asynchronous call's job is submitted with)."""
+        call = await self.resolve(identity, namespace, name_ref)
+        if accept is not None:
+            accept(call)
+        await self.admit(identity, call, client)
+        return call
+
+    async def _queued(self, namespace: str, name_ref: str) -> Call:
+        name, number = split_ref(name_ref)
+        resolution = await anyio.to_thread.run_sync(self.store.resolve, namespace, name, number)
+        version = resolution.version
+        return Call(target_for(resolution), version.status, resolution.classification)
 
     # ------------------------------------------------------------ resolution
 
@@ -344,7 +368,7 @@ class Gateway:
             detail = f"{errors[0].field}: {errors[0].message}{more}"
             if which == "input":
                 raise ValidationFailed(detail, errors=errors)
-            raise InvalidOutput(f"{target.id} answered with invalid output: {detail}")
+            raise CapabilityError(f"{target.id} answered with invalid output: {detail}")
         return data
 
     # ------------------------------------------------------------ invocation
@@ -422,10 +446,10 @@ class Gateway:
             status = exc.status
             self.runtimes.forget(target)  # deploy again once it is back
             raise
-        except (CapabilityError, InvalidOutput) as exc:
+        except CapabilityError as exc:
             status, error_id = 500, uuid.uuid4().hex[:16]
             log.error("%s failed (error id %s): %s", target.id, error_id, exc.detail)
-            raise CapabilityFailed(
+            raise CapabilityError(
                 f"{target.id} failed; quote error id {error_id} to its owner",
                 extra={"error_id": error_id},
             ) from None
@@ -435,7 +459,7 @@ class Gateway:
         except Exception:
             status, error_id = 500, uuid.uuid4().hex[:16]
             log.exception("invoking %s failed (error id %s)", target.id, error_id)
-            raise CapabilityFailed(
+            raise CapabilityError(
                 f"invoking {target.id} failed; quote error id {error_id} to this node's operator",
                 extra={"error_id": error_id},
             ) from None

@@ -37,14 +37,14 @@ import anyio.to_thread
 import httpx
 import sqlalchemy as sa
 
-from yunnao.plugins.errors import FieldError, NotFound, ValidationFailed, YunnaoError
+from yunnao.plugins.errors import FieldError, NotFound, RuntimeDown, ValidationFailed, YunnaoError
 from yunnao.registry.access import Action, Entry, Identity, decide
 from yunnao.registry.db import row_write
 from yunnao.registry.problems import problem_of
 from yunnao.registry.tables import Job, utcnow
 
-from ..adapters.base import RuntimeDown
-from .core import Call, Gateway, target_for
+from .calls import Call
+from .core import Gateway
 from .metrics import Metrics
 from .outbound import OutboundGuard, Refused, Unresolved
 
@@ -296,15 +296,16 @@ class Jobs:
     async def _execute(self, job: Any) -> None:
         identity = identity_from(job.caller)
         try:
-            resolution = await anyio.to_thread.run_sync(
-                self.gateway.store.resolve, job.namespace, job.name, job.version
-            )
-            version = resolution.version
-            call = Call(target_for(resolution), version.status, resolution.classification)
-            output = await self.gateway.invoke(
-                identity, call, job.input, timeout=job.timeout, request_id=job.request_id,
+            answer = await self.gateway.call(
+                identity,
+                job.namespace,
+                f"{job.name}@{job.version}",
+                job.input,
+                timeout=job.timeout,
+                request_id=job.request_id,
                 mode="async",
-            )  # fmt: skip
+                queued=True,
+            )
         except RuntimeDown as exc:
             if job.attempts < self.max_attempts:
                 delay = float(exc.retry_after or 5) * job.attempts
@@ -316,7 +317,7 @@ class Jobs:
         except YunnaoError as exc:
             await self._finish(job.id, error=problem_of(exc))
         else:
-            await self._finish(job.id, output=output)
+            await self._finish(job.id, output=answer.output)
 
     def _requeue(self, job_id: str, delay: float, release: bool) -> None:
         values: dict[str, Any] = {

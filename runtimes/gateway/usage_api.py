@@ -15,8 +15,8 @@ from starlette.responses import Response
 
 from yunnao.plugins.errors import BadRequest, Unauthorized
 from yunnao.registry.api import Endpoint
-from yunnao.registry.auth import identity_of
 from yunnao.registry.http import json_response, parse_query
+from yunnao.registry.identity.middleware import identity_of
 
 from .usage_stats import Grouping, default_period, report
 

@@ -29,11 +29,11 @@ from starlette.responses import JSONResponse, Response
 from yunnao.plugins.errors import BadRequest, FieldError, NotFound, ValidationFailed, YunnaoError
 from yunnao.plugins.tensor import DATATYPES
 from yunnao.registry.api import Endpoint
-from yunnao.registry.auth import identity_of
 from yunnao.registry.http import parse_json, read_body
+from yunnao.registry.identity.middleware import identity_of
 
 from ..adapters.base import Target
-from .core import Call
+from .calls import Call
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_DIMS = 32  # numpy takes at most 64; no capability's tensor has more than a few
@@ -78,15 +78,20 @@ def _name_ref(request: Request) -> str:
     return f"{name}@{version}" if version else name
 
 
-async def _call(request: Request) -> Call:
-    namespace, _ = _model(request)
-    gateway = request.app.state.invoker.gateway
-    call = await gateway.resolve(identity_of(request), namespace, _name_ref(request))
+def _tensor_capability(call: Call) -> None:
+    """V2 serves capabilities whose parameters are all tensors and scalars."""
     if tensor_specs(dict(call.target.input_schema)) is None:
         raise NotFound(
             f"{call.target.id} is not a tensor capability (its parameters are not all tensors "
             "and scalars): call it with POST /v1/invoke"
         )
+
+
+async def _call(request: Request) -> Call:
+    namespace, _ = _model(request)
+    gateway = request.app.state.invoker.gateway
+    call = await gateway.resolve(identity_of(request), namespace, _name_ref(request))
+    _tensor_capability(call)
     return call
 
 
@@ -359,30 +364,38 @@ def _outputs(
 
 async def infer(request: Request) -> Response:
     invoker = request.app.state.invoker
-    call = await _call(request)
-    gateway = request.app.state.invoker.gateway
-    client = request.client.host if request.client else None
-    await gateway.admit(identity_of(request), call, client)
-    raw = await read_body(request, invoker.max_body_bytes)
-    length = request.headers.get(HEADER_LENGTH)
-    if length is not None:
-        if not length.isdigit() or int(length) > len(raw):
-            raise BadRequest(f"{HEADER_LENGTH} {length!r} does not fit the {len(raw)}-byte body")
-        head, blob = raw[: int(length)], raw[int(length) :]
-    else:
-        head, blob = raw, b""
-    header = parse_json(head, what="inference request")
-    if not isinstance(header, dict):
-        raise BadRequest("inference request must be a JSON object")
-    inputs = _inputs(call.target, header, blob)
-    output = await invoker.gateway.invoke(
+    namespace, _ = _model(request)
+    header: dict[str, Any] = {}
+
+    async def inputs(call: Call) -> dict[str, Any]:
+        raw = await read_body(request, invoker.max_body_bytes)
+        length = request.headers.get(HEADER_LENGTH)
+        if length is not None:
+            if not length.isdigit() or int(length) > len(raw):
+                raise BadRequest(
+                    f"{HEADER_LENGTH} {length!r} does not fit the {len(raw)}-byte body"
+                )
+            head, blob = raw[: int(length)], raw[int(length) :]
+        else:
+            head, blob = raw, b""
+        parsed = parse_json(head, what="inference request")
+        if not isinstance(parsed, dict):
+            raise BadRequest("inference request must be a JSON object")
+        header.update(parsed)
+        return _inputs(call.target, header, blob)
+
+    answer = await invoker.gateway.call(
         identity_of(request),
-        call,
+        namespace,
+        _name_ref(request),
         inputs,
         timeout=invoker.default_timeout,
+        client=request.client.host if request.client else None,
         request_id=request.state.request_id,
         mode="v2",
+        accept=_tensor_capability,
     )
+    call, output = answer.call, answer.output
     outputs, blobs = _outputs(call.target, output, header)
     body: dict[str, Any] = {
         "model_name": request.path_params["model"],

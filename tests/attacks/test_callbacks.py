@@ -25,7 +25,7 @@ from tests.cascade_support import until
 from tests.realservers.oidc import OidcProvider
 from tests.realservers.yunnao_node import YunnaoProcess
 from tests.runtime_support import RT_PLUGIN_DIR
-from yunnao.registry import tokens
+from yunnao.registry.identity import tokens
 
 pytestmark = pytest.mark.slow
 

@@ -394,7 +394,8 @@ def test_the_in_process_runtime_loads_only_the_targets_own_model(tmp_path: Path)
     no other department's plugin."""
     import asyncio
 
-    from yunnao.runtimes.adapters.base import NotDeployable, RuntimeContext, Target
+    from yunnao.plugins.errors import NotDeployable
+    from yunnao.runtimes.adapters.base import RuntimeContext, Target
     from yunnao.runtimes.adapters.inprocess import InProcessRuntime
 
     traffic = dataclasses.replace(FlowForecast, plugin="traffic")  # as loaded at the node

@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.attacks.conftest import CITY, LAOSHAN, SHINAN, Federation
 from tests.cascade_support import Site, signed_capability, until
 from tests.realservers.yunnao_node import YunnaoProcess
-from yunnao.cascade import assertions
-from yunnao.registry import tokens
+from yunnao.registry.identity import assertions, tokens
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.attacks.conftest import CITY, Federation
 from tests.cascade_support import Site, until
-from yunnao.cascade import assertions
+from yunnao.registry.identity import assertions
 
 pytestmark = pytest.mark.slow
 

@@ -425,7 +425,7 @@ def _publish_bentoml(
     from yunnao.plugins.errors import YunnaoError, field_errors
     from yunnao.registry.schemas import PublishRequest
     from yunnao.registry.store import RegistryStore
-    from yunnao.runtimes.adapters.bentoml_services import service_capabilities
+    from yunnao.runtimes.adapters.bentoml.services import service_capabilities
 
     if not namespace or not version:
         raise click.UsageError("--bentoml needs --namespace and --version")

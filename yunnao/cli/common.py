@@ -177,7 +177,7 @@ def admin_token(token: str | None, node_id: str | None, data_dir: str | None, ur
     """The given token, or a 10-minute admin token signed with the local node key."""
     if token:
         return token
-    from yunnao.registry import tokens
+    from yunnao.registry.identity import tokens
 
     settings = node_settings(node_id=node_id, data_dir=data_dir)
     if not settings.key_path.exists():

@@ -72,7 +72,8 @@ def token_create(
 
         yunnao token create --role author --namespace sd.qd.traffic
     """
-    from yunnao.registry import names, tokens
+    from yunnao.registry import names
+    from yunnao.registry.identity import tokens
 
     settings = node_settings(node_id=node_id, data_dir=data_dir, database_url=database_url)
     for scope in namespaces:

@@ -1,4 +1,6 @@
-"""Authentication middleware: turns the ``Authorization`` header into an Identity.
+"""The identity middleware: :class:`AuthMiddleware` turns the ``Authorization`` header
+(or the web pages' session cookie) into an Identity, and :class:`AssertionUse`, after it,
+holds a linked node's assertion to the purpose and route it was made for, once.
 
 No header means anonymous (routes decide what anonymous callers may do). A header
 that is present but wrong is refused at once with 401, never downgraded to anonymous.
@@ -7,7 +9,7 @@ The web pages carry a session token in a cookie instead. It counts only for the 
 never for the API (``/v1``, ``/v2``, ``/metrics``), so another site cannot make a
 signed-in browser call the API. The two kinds of token are kept apart by audience: the
 cookie must hold a web page session (``verify_session``: audience ``<node>#ui``, see
-:mod:`~yunnao.registry.tokens`), and ``Authorization`` must hold an API credential
+:mod:`~yunnao.registry.identity.tokens`), and ``Authorization`` must hold an API credential
 (``verify``, which refuses session tokens with 401), so a session token copied out of a
 browser writes nothing through the API, and an API token set as a cookie signs nobody
 in. A cookie that does not verify (expired, or not a session) makes the visitor
@@ -23,8 +25,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from yunnao.plugins.errors import Unauthorized, YunnaoError
 
-from .access import ANONYMOUS, Identity
-from .problems import yunnao_error
+from ..access import ANONYMOUS, Identity
+from ..problems import yunnao_error
+from .assertions import check_use
+from .forwarded import Forwarded
+from .replay import OneTimeIds
 
 Verifier = Callable[[str], Identity]
 SESSION_COOKIE = "yunnao_session"
@@ -71,3 +76,24 @@ class AuthMiddleware:
 
 def identity_of(request: Request) -> Identity:
     return getattr(request.state, "identity", ANONYMOUS)
+
+
+class AssertionUse:
+    """Middleware after authentication: :func:`check_use` on every request made with a
+    linked node's assertion."""
+
+    def __init__(self, app: ASGIApp, seen: OneTimeIds | None = None) -> None:
+        self.app = app
+        self.seen = seen or OneTimeIds()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            identity = scope.get("state", {}).get("identity")
+            if isinstance(identity, Forwarded):
+                try:
+                    check_use(identity, scope["method"], scope["path"], self.seen)
+                except YunnaoError as exc:
+                    response = await yunnao_error(Request(scope), exc)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -1,6 +1,6 @@
 """Reading a BentoML 1.4 service's APIs as Yunnao capability specs, for publishing.
 
-    from yunnao.runtimes.adapters.bentoml_services import service_capabilities
+    from yunnao.runtimes.adapters.bentoml.services import service_capabilities
 
     for spec in service_capabilities("service:NoiseService", Path("examples/bento")):
         name = spec.pop("name")

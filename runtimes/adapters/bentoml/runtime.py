@@ -1,41 +1,6 @@
-"""The ``bentoml`` runtime: capability versions served by BentoML 1.4 services.
-
-A version's binding (``runtime.config``) names the service in one of two ways:
-
-- ``url``: adopt a BentoML service someone else runs, e.g. ``"http://127.0.0.1:3000"``.
-- ``service``: ``"module:ServiceClass"`` as ``bentoml serve`` accepts it, with an optional
-  ``working_dir`` (default: the node's current directory). The node starts
-  ``bentoml serve <service> --host 127.0.0.1 --port <free port>`` itself, once for all
-  the versions bound to the same service and working directory, and starts it again
-  (with back-off) whenever it dies, so service resumes without an operator.
-
-and ``api`` names the service API (default: the capability name with ``-`` replaced by
-``_``). Deploying asks the service for its ``/schema.json`` to find the API's route, so
-custom routes and path prefixes work; task and streaming APIs are refused (a call must
-answer with one JSON value). A call POSTs the input object as the JSON body (BentoML
-1.4 APIs take their parameters by name); a JSON answer is returned as parsed, a text
-answer (a ``str`` API) as a string.
-
-Node configuration (``Settings.runtimes["bentoml"]``), every key optional:
-
-- ``start_timeout`` (seconds, default 60): how long a started service may take to
-  answer ``/readyz``.
-- ``stop_timeout`` (seconds, default 10): how long a started service has to shut down
-  after SIGTERM before it is killed.
-- ``retry_after`` (seconds, default 5): the ``Retry-After`` suggested when a service is
-  down or restarting.
-- ``bentoml``: the ``bentoml`` executable for started services (default: the one next to
-  this Python, else the one on PATH); point it at another virtual environment to run
-  a service with dependencies the node does not have.
-- ``home``: ``BENTOML_HOME`` for started services (default: the node's environment
-  variable if set, else ``<data_dir>/bentoml/home``).
-- ``env``: extra environment variables for started services.
-
-Logs of started services are under ``<data_dir>/bentoml/logs``. BentoML answers a call
-that raised with a generic 500; for a service the node started, the exception line is
-read back from that log (by BentoML's request id) into the :class:`CapabilityError`
-detail; for an adopted service the detail carries the request id to look up instead.
-"""
+"""The ``bentoml`` adapter, :class:`BentoMLRuntime` (in the node process): runs
+capability versions on BentoML services it adopts by URL or starts itself with
+``bentoml serve``, which it restarts when they die (see the package documentation)."""
 
 from __future__ import annotations
 
@@ -49,99 +14,42 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 
-from .base import (
-    CapabilityError,
-    InvocationTimeout,
-    NotDeployable,
-    RuntimeContext,
-    RuntimeDown,
-    RuntimeHealth,
-    Target,
-    check_settings,
-    free_port,
+from yunnao.plugins.errors import CapabilityError, InvocationTimeout, NotDeployable, RuntimeDown
+
+from ..base import RuntimeContext, RuntimeHealth, Target, free_port
+from .binding import Binding, parse_binding
+from .process import (
+    RUN_MARKER,
+    Service,
+    default_executable,
+    log_tail,
+    logged_exception,
+    marked_processes,
+    signal_group,
 )
+from .settings import BentoMLSettings
 
 log = logging.getLogger("yunnao.runtimes.bentoml")
 
-NODE_KEYS = frozenset({"start_timeout", "stop_timeout", "retry_after", "bentoml", "home", "env"})
-BINDING_KEYS = frozenset({"url", "service", "working_dir", "api"})
 HOST = "127.0.0.1"
-# Marks the processes of one start of a service (see _marked).
-RUN_MARKER = "YUNNAO_BENTOML_RUN"
 # Restart back-off for a started service that keeps failing to come up.
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
-# BentoML's log records start with an ISO timestamp; a traceback's lines do not.
-_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
-_LOG_TAIL_BYTES = 256 * 1024
-# The exception is logged just before the 500 goes out, by another process.
-_LOG_WAIT_S = 1.0
-
-
-@dataclass(frozen=True)
-class _Binding:
-    key: str  # the service: its URL, or service ref + working dir
-    api: str
-    url: str | None = None
-    service: str | None = None
-    working_dir: Path | None = None
-
-
 _JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-@dataclass
-class _Service:
-    """One BentoML service, adopted (``url`` given) or started here (``ref`` given)."""
-
-    key: str
-    url: str | None
-    ref: str | None = None
-    working_dir: Path | None = None
-    log_path: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    run_id: str = ""  # in the environment of the processes of the current start
-    targets: set[str] = field(default_factory=set)
-    deploying: int = 0  # deploys under way, which keep the service while it has no targets
-    starts: int = 0
-    restarting: asyncio.Task[None] | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def started(self) -> bool:
-        return self.ref is not None
-
-    def died(self) -> int | None:
-        """The exit status of a started service's process that has exited, else None."""
-        if self.proc is None:
-            return None
-        return self.proc.poll()
-
-    @property
-    def alive(self) -> bool:
-        """Started here and running; an adopted service is taken as alive (calls tell)."""
-        return not self.started or (
-            self.proc is not None and self.died() is None and self.restarting is None
-        )
-
-    @property
-    def in_use(self) -> bool:
-        return bool(self.targets) or self.deploying > 0
 
 
 @dataclass(frozen=True)
 class _Route:
-    service: str  # _Service.key
+    service: str  # Service.key
     path: str  # the API's route on that service, e.g. "/greet"
 
 
@@ -151,19 +59,20 @@ class BentoMLRuntime:
     type = "bentoml"
 
     def __init__(self, config: Mapping[str, Any], context: RuntimeContext) -> None:
-        check_settings("bentoml", config, NODE_KEYS)
+        settings = BentoMLSettings.parse("bentoml", config)
+        self.settings = settings
         self.context = context
-        self.start_timeout = float(config.get("start_timeout", 60))
-        self.stop_timeout = float(config.get("stop_timeout", 10))
-        self.retry_after = int(config.get("retry_after", 5))
-        self.executable = str(config.get("bentoml") or _default_executable())
+        self.start_timeout = settings.start_timeout
+        self.stop_timeout = settings.stop_timeout
+        self.retry_after = settings.retry_after
+        self.executable = settings.bentoml or default_executable()
         root = context.data_dir / "bentoml"
-        self.home = Path(config.get("home") or os.environ.get("BENTOML_HOME") or root / "home")
+        self.home = Path(settings.home or os.environ.get("BENTOML_HOME") or root / "home")
         self.log_dir = root / "logs"
-        self.env = {str(k): str(v) for k, v in dict(config.get("env") or {}).items()}
+        self.env = {str(k): str(v) for k, v in (settings.env or {}).items()}
         self._client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=32))
         self._session: aiohttp.ClientSession | None = None  # for calls (see _post)
-        self._services: dict[str, _Service] = {}
+        self._services: dict[str, Service] = {}
         self._routes: dict[str, _Route] = {}  # target id -> where it is served
         self._closed = False
 
@@ -173,7 +82,7 @@ class BentoMLRuntime:
         """Start or reach the target's service and find its API's route there."""
         if self._closed:
             raise RuntimeDown("the bentoml runtime is shut down", retry_after=self.retry_after)
-        binding = _binding(target)
+        binding = parse_binding(target)
         svc = self._services.get(binding.key)
         known = self._routes.get(target.id)
         if svc is not None and known is not None and known.service == binding.key and svc.alive:
@@ -285,13 +194,13 @@ class BentoMLRuntime:
 
     # ------------------------------------------------------------ services
 
-    def _new_service(self, binding: _Binding) -> _Service:
+    def _new_service(self, binding: Binding) -> Service:
         if binding.url is not None:
-            return _Service(key=binding.key, url=binding.url)
+            return Service(key=binding.key, url=binding.url)
         assert binding.service is not None and binding.working_dir is not None
         digest = hashlib.sha256(binding.key.encode()).hexdigest()[:10]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", binding.service)
-        return _Service(
+        return Service(
             key=binding.key,
             url=None,
             ref=binding.service,
@@ -299,7 +208,7 @@ class BentoMLRuntime:
             log_path=self.log_dir / f"{stem}-{digest}.log",
         )
 
-    async def _ready(self, svc: _Service, target: Target) -> None:
+    async def _ready(self, svc: Service, target: Target) -> None:
         """A started service is running (started now if need be); an adopted one answers."""
         if not svc.started:
             problem = await self._probe(svc)
@@ -329,7 +238,7 @@ class BentoMLRuntime:
                 retry_after=self.retry_after,
             )
 
-    async def _start(self, svc: _Service, *, first: bool) -> None:
+    async def _start(self, svc: Service, *, first: bool) -> None:
         """Run ``bentoml serve`` for ``svc`` and wait until it answers ``/readyz``.
 
         A first start that exits is a binding problem (bad module, missing
@@ -380,7 +289,7 @@ class BentoMLRuntime:
             code = svc.died()
             if code is not None:
                 await self._kill_tree(svc)
-                detail = f"bentoml serve {svc.ref} exited with {code}:\n{_tail(svc.log_path)}"
+                detail = f"bentoml serve {svc.ref} exited with {code}:\n{log_tail(svc.log_path)}"
                 raise (NotDeployable if first else RuntimeDown)(detail)
             with contextlib.suppress(httpx.HTTPError):
                 resp = await self._client.get(svc.url + "/readyz", timeout=2)
@@ -393,7 +302,7 @@ class BentoMLRuntime:
             retry_after=self.retry_after,
         )
 
-    def _restart_soon(self, svc: _Service) -> asyncio.Task[None]:
+    def _restart_soon(self, svc: Service) -> asyncio.Task[None]:
         """Restart a started service that died, in the background (once at a time)."""
         if svc.restarting is None:
             log.warning(
@@ -405,7 +314,7 @@ class BentoMLRuntime:
             svc.restarting = asyncio.get_running_loop().create_task(self._restart(svc))
         return svc.restarting
 
-    async def _restart(self, svc: _Service) -> None:
+    async def _restart(self, svc: Service) -> None:
         delay = BACKOFF_FIRST
         try:
             while not self._closed and svc.in_use:
@@ -421,7 +330,7 @@ class BentoMLRuntime:
         finally:
             svc.restarting = None
 
-    def _check_alive(self, svc: _Service, target: Target) -> None:
+    def _check_alive(self, svc: Service, target: Target) -> None:
         """Refuse at once to call a started service that is down, and get it restarted."""
         if not svc.started:
             return
@@ -438,7 +347,7 @@ class BentoMLRuntime:
                 retry_after=self.retry_after,
             )
 
-    def _down(self, svc: _Service, target: Target, why: str) -> RuntimeDown:
+    def _down(self, svc: Service, target: Target, why: str) -> RuntimeDown:
         if svc.started and svc.died() is not None:
             self._restart_soon(svc)
         return RuntimeDown(
@@ -446,7 +355,7 @@ class BentoMLRuntime:
             retry_after=self.retry_after,
         )
 
-    async def _probe(self, svc: _Service) -> str:
+    async def _probe(self, svc: Service) -> str:
         """Empty when ``svc`` answers ``/readyz``, else what is wrong."""
         name = svc.ref or svc.url
         if svc.started:
@@ -464,7 +373,7 @@ class BentoMLRuntime:
             return f"{name} at {svc.url}: /readyz answered {resp.status_code}"
         return ""
 
-    async def _drop(self, svc: _Service) -> None:
+    async def _drop(self, svc: Service) -> None:
         """Forget ``svc``, stopping it if it was started here."""
         if self._services.get(svc.key) is svc:
             del self._services[svc.key]
@@ -475,28 +384,28 @@ class BentoMLRuntime:
         if svc.started:
             await self._stop(svc)
 
-    async def _stop(self, svc: _Service) -> None:
+    async def _stop(self, svc: Service) -> None:
         """SIGTERM the service's process group, then SIGKILL what is left of it."""
         proc = svc.proc
         if proc is None:
             return
         if proc.poll() is None:
             # The arbiter stops its workers gracefully; what is left then is killed.
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + self.stop_timeout
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
         await self._kill_tree(svc)
         log.info("stopped bentoml serve %s (pid %d)", svc.ref, proc.pid)
 
-    async def _kill_tree(self, svc: _Service) -> None:
+    async def _kill_tree(self, svc: Service) -> None:
         """SIGKILL the service's processes, orphaned workers included, and reap it."""
         proc = svc.proc
         if proc is None:
             return
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while (workers := _marked(svc.run_id)) and time.monotonic() < deadline:
+        while (workers := marked_processes(svc.run_id)) and time.monotonic() < deadline:
             for pid in workers:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
@@ -507,7 +416,7 @@ class BentoMLRuntime:
 
     # ------------------------------------------------------------ calls
 
-    async def _resolve_route(self, svc: _Service, api: str, target: Target) -> str:
+    async def _resolve_route(self, svc: Service, api: str, target: Target) -> str:
         """The API's route from the service's ``/schema.json``."""
         try:
             resp = await self._client.get(f"{svc.url}/schema.json", timeout=10)
@@ -535,7 +444,7 @@ class BentoMLRuntime:
             raise NotDeployable(f"{target.id}: BentoML API {api!r} streams: not supported")
         return str(route.get("route") or f"/{api}")
 
-    async def _answer(self, svc: _Service, target: Target, resp: httpx.Response) -> Any:
+    async def _answer(self, svc: Service, target: Target, resp: httpx.Response) -> Any:
         ctype = resp.headers.get("content-type", "")
         if resp.status_code < 300:
             if ctype.startswith("application/json"):
@@ -555,37 +464,10 @@ class BentoMLRuntime:
         if request_id:
             detail += f" (request id {request_id})"
         if resp.status_code >= 500 and request_id and svc.log_path is not None:
-            raised = await _logged_exception(svc.log_path, request_id)
+            raised = await logged_exception(svc.log_path, request_id)
             if raised:
                 detail += f"; the API raised {raised}"
         raise CapabilityError(detail)
-
-
-def _binding(target: Target) -> _Binding:
-    """The target's binding config, checked."""
-    config = dict(target.config)
-    unknown = set(config) - BINDING_KEYS
-    if unknown:
-        raise NotDeployable(
-            f"{target.id}: unknown bentoml binding keys {sorted(unknown)}; "
-            f"known: {sorted(BINDING_KEYS)}"
-        )
-    api = str(config.get("api") or target.name.replace("-", "_"))
-    url, service = config.get("url"), config.get("service")
-    if bool(url) == bool(service):
-        raise NotDeployable(
-            f"{target.id}: a bentoml binding needs exactly one of `url` (a running service) "
-            "or `service` (module:Class to start)"
-        )
-    if url:
-        url = str(url).rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise NotDeployable(f"{target.id}: bentoml url {url!r} is not http(s)")
-        return _Binding(key=url, api=api, url=url)
-    working_dir = Path(str(config.get("working_dir") or ".")).expanduser().resolve()
-    return _Binding(
-        key=f"{service}@{working_dir}", api=api, service=str(service), working_dir=working_dir
-    )
 
 
 def _error_message(resp: httpx.Response) -> str:
@@ -608,74 +490,3 @@ def _error_message(resp: httpx.Response) -> str:
         ]
         message += " (" + "; ".join(fields) + ")"
     return message[:1000]
-
-
-async def _logged_exception(log_path: Path, request_id: str) -> str:
-    """The last line of the traceback BentoML logged for ``request_id`` (its span id)."""
-    deadline = time.monotonic() + _LOG_WAIT_S
-    while True:
-        found = _exception_in_log(log_path, request_id)
-        if found or time.monotonic() >= deadline:
-            return found
-        await asyncio.sleep(0.05)
-
-
-def _exception_in_log(log_path: Path, request_id: str) -> str:
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
-    marker = f"span={request_id}"
-    for i in range(len(lines) - 1, -1, -1):
-        if marker in lines[i] and "Exception on" in lines[i]:
-            block = []
-            for line in lines[i + 1 :]:
-                if _LOG_RECORD.match(line):
-                    break
-                block.append(line)
-            last = [line for line in block if line.strip() and not line.startswith(" ")]
-            return last[-1].strip()[:500] if last else ""
-    return ""
-
-
-def _tail(path: Path, size: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-size:]
-    except OSError:
-        return ""
-
-
-def _marked(run_id: str) -> list[int]:
-    """Live processes with ``run_id`` in their environment: a started service's arbiter
-    and its workers, which BentoML (circus) puts in sessions of their own and which
-    outlive a killed arbiter, still serving its port. Linux (/proc) only."""
-    if not run_id:
-        return []
-    needle = f"{RUN_MARKER}={run_id}".encode()
-    found = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    environ = f.read()
-            except OSError:
-                continue  # gone meanwhile, or not ours to read
-            if needle in environ.split(b"\0"):
-                found.append(int(entry.name))
-    return found
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _default_executable() -> str:
-    beside = Path(sys.executable).parent / "bentoml"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("bentoml") or "bentoml"

@@ -1,11 +1,11 @@
 """A caller vouched for by a linked node, and what the node's assertion binds it to.
 
-A linked node's assertion (see ``yunnao.cascade.assertions``) is verified once, by the
-authentication middleware; the identity it yields is a :class:`Forwarded`, which keeps
-the claims that limit the assertion's use: its purpose and the route it was made for
-(checked against the request, once per ``jti``), and for a forwarded call the nodes the
-call has visited and the caller's deadline (the invocation route refuses a loop and
-never works past the deadline).
+A linked node's assertion (see ``yunnao.registry.identity.assertions``) is verified
+once, by the authentication middleware; the identity it yields is a :class:`Forwarded`,
+which keeps the claims that limit the assertion's use: its purpose and the route it was
+made for (checked against the request, once per ``jti``), and for a forwarded call the
+nodes the call has visited and the caller's deadline (the invocation route refuses a
+loop and never works past the deadline).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .access import Identity
+from ..access import Identity
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ A linked node speaks only for its own side of the link:
 
 An assertion naming a caller outside that is refused with 403. The forwarded caller's
 ``issuer`` and ``node`` are the ones so checked: what access rules and grants match.
-Each invoke assertion is good for one request on its route (see
-:class:`AssertionUse`); a cascade assertion only for the cascade routes.
+Each invoke assertion is good for one request on its route (see :func:`check_use`, which
+the middleware :class:`~yunnao.registry.identity.middleware.AssertionUse` applies); a
+cascade assertion only for the cascade routes.
 """
 
 from __future__ import annotations
@@ -33,21 +34,20 @@ import dataclasses
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from yunnao.plugins.errors import Forbidden, Unauthorized, YunnaoError
-from yunnao.registry.access import ROLES, Identity
-from yunnao.registry.forwarded import Forwarded
-from yunnao.registry.names import in_scope, is_namespace, is_node_id
-from yunnao.registry.problems import yunnao_error
-from yunnao.registry.tokens import ALGORITHM, LEEWAY_SECONDS
+from yunnao.plugins.errors import Forbidden, Unauthorized
 
+from ..access import ROLES, Identity
+from ..names import in_scope, is_namespace, is_node_id
+from .forwarded import Forwarded
 from .replay import OneTimeIds
+from .tokens import ALGORITHM, LEEWAY_SECONDS
 
 TTL = timedelta(minutes=5)
 PURPOSES = ("cascade", "invoke")
@@ -91,6 +91,32 @@ def issue(
         if caller.department is not None:
             claims["dept"] = caller.department
     return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+@dataclass(frozen=True)
+class AssertionIssuer:
+    """This node's assertions to its linked nodes, signed with its key: one for each
+    call it forwards (:meth:`invoke`, the remote runtime's), one for each cascade
+    request (:meth:`cascade`, the replicator's)."""
+
+    key: Ed25519PrivateKey
+    node_id: str
+
+    def invoke(self, audience: str, caller: Identity | None, **bound: Any) -> str:
+        """An invoke assertion for ``caller``; ``bound``: ``route``, ``visited``,
+        ``deadline`` (see :func:`issue`)."""
+        return issue(
+            self.key,
+            node_id=self.node_id,
+            audience=audience,
+            purpose="invoke",
+            caller=caller,
+            **bound,
+        )
+
+    def cascade(self, audience: str) -> str:
+        """A cascade assertion (reading or pushing the feed)."""
+        return issue(self.key, node_id=self.node_id, audience=audience, purpose="cascade")
 
 
 def issuer_of(token: str) -> str | None:
@@ -243,24 +269,3 @@ def check_use(identity: Identity, method: str, path: str, seen: OneTimeIds) -> N
         )
     assert identity.jti is not None and peer is not None
     seen.use(identity.jti, identity.expires, peer=peer)
-
-
-class AssertionUse:
-    """Middleware after authentication: :func:`check_use` on every request made with a
-    linked node's assertion."""
-
-    def __init__(self, app: ASGIApp, seen: OneTimeIds | None = None) -> None:
-        self.app = app
-        self.seen = seen or OneTimeIds()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            identity = scope.get("state", {}).get("identity")
-            if isinstance(identity, Forwarded):
-                try:
-                    check_use(identity, scope["method"], scope["path"], self.seen)
-                except YunnaoError as exc:
-                    response = await yunnao_error(Request(scope), exc)
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)

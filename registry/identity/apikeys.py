@@ -23,9 +23,9 @@ from sqlmodel import select
 
 from yunnao.plugins.errors import NotFound, Unauthorized
 
-from .access import Identity
-from .db import read_session, row_write
-from .tables import ApiKey, utcnow
+from ..access import Identity
+from ..db import read_session, row_write
+from ..tables import ApiKey, utcnow
 
 PREFIX = "yk_"
 CACHE_SECONDS = 5.0

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from yunnao.plugins.errors import Unauthorized
 
-from .access import ROLES, Identity
+from ..access import ROLES, Identity
 
 ALGORITHM = "EdDSA"
 LEEWAY_SECONDS = 30

@@ -20,8 +20,8 @@ import jwt
 
 from yunnao.plugins.errors import Unauthorized, Unavailable
 
-from .access import ROLES, Identity
-from .names import is_node_id
+from ..access import ROLES, Identity
+from ..names import is_node_id
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 # The key type (JWK ``kty``, and ``crv`` for elliptic curves) each algorithm needs.
