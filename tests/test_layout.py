@@ -144,3 +144,15 @@ def test_a_long_module_says_why_in_its_first_lines() -> None:
         if "Why one module:" not in doc:
             unexplained.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
     assert not unexplained, "long modules that do not say why:\n" + "\n".join(unexplained)
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists packages explicitly (the folders map to ``yunnao.*`` names),
+    so a new sub-package missing from the list would be left out of a built wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    packages = {_module_name(p) for p in _modules().values() if p.name == "__init__.py"}
+    assert packages - listed == set(), "packages missing from pyproject.toml's list"

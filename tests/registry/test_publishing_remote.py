@@ -14,7 +14,7 @@ from tests.conftest import NODE_ID
 from tests.realservers.mlflow_server import MlflowServer
 from tests.realservers.seaweedfs import SeaweedS3
 from tests.realservers.yunnao_node import YunnaoProcess
-from tests.test_publishing import EXAMPLES, cli
+from tests.registry.test_publishing import EXAMPLES, cli
 from yunnao.plugins.errors import YunnaoError
 from yunnao.registry import db, migrate
 from yunnao.registry.access import Identity

@@ -19,7 +19,7 @@ from yunnao.registry.identity import tokens
 from yunnao.registry.identity.middleware import SESSION_COOKIE
 
 NS = f"{NODE_ID}.traffic"
-UI = Path(__file__).resolve().parents[1] / "catalog_ui"
+UI = Path(__file__).resolve().parents[2] / "catalog_ui"
 
 
 def _session_token(node: Node, role: str = "consumer", *scopes: str) -> str:

@@ -27,8 +27,8 @@ from yunnao.runtimes.adapters.bentoml.services import service_capabilities
 
 pytestmark = pytest.mark.slow
 
-SVC_DIR = Path(__file__).parent / "data" / "bento_svc"
-EXAMPLE_DIR = Path(__file__).parent.parent / "examples" / "bento"
+SVC_DIR = Path(__file__).parents[1] / "data" / "bento_svc"
+EXAMPLE_DIR = Path(__file__).parents[2] / "examples" / "bento"
 SERVICE = "service:Greeter"
 CALL_TIMEOUT = 30.0  # generous: other test processes may share the two cores
 DEADLINE = 90.0  # for a restarted service to answer again

@@ -24,7 +24,7 @@ from yunnao.runtimes.adapters.triton import TritonRuntime, TritonServer, write_w
 
 pytestmark = pytest.mark.slow
 
-PASSTHROUGH_MODEL = Path(__file__).parent / "data" / "triton" / "double_fp32"
+PASSTHROUGH_MODEL = Path(__file__).parents[1] / "data" / "triton" / "double_fp32"
 CALL_TIMEOUT = 30.0  # generous: other test processes may share the two cores
 START_TIMEOUT = 60.0
 RESTART_DEADLINE = 90.0  # for a crashed server started again to answer

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 CITY, DISTRICT = "sd.qd", "sd.qd.shinan"
 CHROMIUM = "/usr/bin/chromium"
-DOCS_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "images" / "ui"
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "images" / "ui"
 # The screenshots docs/ui.md and the README show.
 DOCS_NAMES = {
     "search_facet_open_try_and_see_the_result-search",

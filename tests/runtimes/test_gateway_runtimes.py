@@ -1,7 +1,7 @@
 """The gateway in front of each external runtime, as users run it: a real
 ``yunnao serve`` process whose versions are bound to a real server (``bentoml serve``,
 ``tritonserver``, a Ray cluster), called over HTTP. The runtime adapters' own tests
-(tests/test_runtime_*.py) cover each adapter in depth; these check what a caller sees:
+(tests/runtimes/test_runtime_*.py) cover each adapter in depth; these check what a caller sees:
 answers, 503 with Retry-After while a server is down, and recovery once it is back."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.realservers.yunnao_node import YunnaoProcess
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 YUNNAO = str(Path(sys.executable).parent / "yunnao")
 
 

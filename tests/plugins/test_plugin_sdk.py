@@ -73,7 +73,7 @@ def test_run_validates_input_and_output() -> None:
 
 
 def test_a_class_receives_its_artifacts(tmp_path: Path) -> None:
-    weights = Path(__file__).parent / "data" / "weights.json"
+    weights = Path(__file__).parents[1] / "data" / "weights.json"
 
     @capability(name="weighted", title="加权", artifacts={"weights": weights})
     class Weighted:
