@@ -54,6 +54,7 @@ class Endpoint:
     tag: str = "catalog"
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
+    raw_body: str | None = None  # the media type of a body that is a file, not JSON
     response: type[BaseModel] | None = None
     status: int = 200
     errors: tuple[int, ...] = ()

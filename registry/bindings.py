@@ -30,6 +30,11 @@ AUTHOR_KEYS: Mapping[str, frozenset[str]] = {
     ),
     "triton": frozenset({"instances", "gpus", "kind"}),
     "bentoml": frozenset({"api"}),
+    # Limits are capped by the node's own; an environment is one the node built for an
+    # uploaded package (dependencies only, read-only). The network is the operator's.
+    "sandbox": frozenset(
+        {"memory_mb", "cpu_seconds", "processes", "open_files", "workers", "threads", "environment"}
+    ),
 }
 OPERATOR_TYPES = frozenset({"remote"})
 

@@ -101,7 +101,11 @@ def own_model_rule(namespace: str, name: str) -> str:
 
 
 def code_path(cap: Capability) -> Path:
-    """The top-level package (or single module file) holding the capability's code."""
+    """The top-level package (or single module file) holding the capability's code: for
+    an uploaded package, where the node unpacked it (its code is never imported here)."""
+    uploaded = getattr(cap, "code_root", None)
+    if uploaded is not None:
+        return Path(uploaded)
     top = cap.module.split(".")[0]
     module = sys.modules.get(top)
     file = getattr(module, "__file__", None)

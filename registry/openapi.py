@@ -97,6 +97,11 @@ def document(
                     "application/json": {"schema": {"$ref": _REF.format(model=e.body.__name__)}}
                 },
             }
+        if e.raw_body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {e.raw_body: {"schema": {"type": "string", "format": "binary"}}},
+            }
         ok: dict[str, Any] = {"description": _STATUS_TEXT.get(e.status, "OK")}
         if e.response is not None:
             ok["content"] = {

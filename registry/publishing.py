@@ -59,6 +59,23 @@ def plugin_namespace(node_id: str, cap: Capability) -> str | None:
     return namespace if names.is_namespace(namespace) else None
 
 
+def publish_request(cap: Capability, status: str) -> schemas.PublishRequest:
+    """The registry entry ``cap`` declares, or 422 naming each field it breaks."""
+    try:
+        return schemas.PublishRequest(
+            **cap.metadata(),
+            version=cap.version,
+            status=status,  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise ValidationFailed(
+            f"{cap.name} cannot be published as declared: "
+            + "; ".join(f"{e.field}: {e.message}" for e in errors),
+            errors=errors,
+        ) from None
+
+
 class Publisher:
     """Publishes capabilities of loaded plugins into one node's registry and MLflow."""
 
@@ -113,19 +130,7 @@ class Publisher:
             aliases = DEFAULT_ALIASES if status == "published" else ()
         step(STEPS[0])
         self.check(cap, namespace, aliases)
-        try:
-            spec = schemas.PublishRequest(
-                **cap.metadata(),
-                version=cap.version,
-                status=status,  # type: ignore[arg-type]
-            )
-        except ValidationError as exc:
-            errors = field_errors(exc)
-            raise ValidationFailed(
-                f"{cap.name} cannot be published as declared: "
-                + "; ".join(f"{e.field}: {e.message}" for e in errors),
-                errors=errors,
-            ) from None
+        spec = publish_request(cap, status)
         step(STEPS[1])
         logged = self.models.log(cap, namespace=namespace, node=self.store.node_id)
         try:
@@ -144,3 +149,53 @@ class Publisher:
             self.models.undo(logged)
             raise
         return Published(version, logged.model_uri, tuple(aliases))
+
+    def publish_all(
+        self,
+        caps: Sequence[Capability],
+        *,
+        namespace: str,
+        aliases: Sequence[str] = DEFAULT_ALIASES,
+        step: Step | None = None,
+    ) -> list[Published]:
+        """Publish every capability of ``caps`` (an uploaded package's) into
+        ``namespace``: all of them, or — when any check, MLflow step or the registry write
+        fails — none, with every MLflow version logged on the way removed again."""
+        step = step or (lambda _: None)
+        step(STEPS[0])
+        specs = []
+        for cap in caps:
+            self.check(cap, namespace, aliases)
+            specs.append(publish_request(cap, "published"))
+        logged = []
+        try:
+            for cap in caps:
+                step(f"{STEPS[1]}: {cap.name} {cap.version}")
+                logged.append(self.models.log(cap, namespace=namespace, node=self.store.node_id))
+            step(STEPS[2])
+            for entry in logged:
+                for alias in aliases:
+                    self.models.set_alias(entry, alias)
+            step(STEPS[3])
+            self.store.publish_many(
+                (
+                    namespace,
+                    cap.name,
+                    spec.model_copy(
+                        update={"model_uri": entry.model_uri, "artifact_uri": entry.source}
+                    ),
+                )
+                for cap, spec, entry in zip(caps, specs, logged, strict=True)
+            )
+        except BaseException:
+            for entry in logged:
+                self.models.undo(entry)
+            raise
+        return [
+            Published(
+                self.store.resolve(namespace, cap.name, cap.version).version,
+                e.model_uri,
+                tuple(aliases),
+            )
+            for cap, e in zip(caps, logged, strict=True)
+        ]

@@ -309,3 +309,40 @@ class UsageRecord(SQLModel, table=True):
     latency_ms: float
     request_id: str | None = Field(default=None, max_length=128)
     error_id: str | None = Field(default=None, max_length=32)
+
+
+class Package(SQLModel, table=True):
+    """A distribution a department uploaded (a wheel, or an sdist built in the sandbox):
+    its archive's SHA-256, where its checked code is unpacked on this node and which
+    environment holds its dependencies (shared by packages with the same resolved set)."""
+
+    id: str = Field(primary_key=True, max_length=64)  # SHA-256 of the archive, hex
+    namespace: str = Field(index=True, max_length=370)
+    distribution: str = Field(max_length=200)
+    version: str = Field(max_length=128)
+    filename: str = Field(max_length=300)
+    size: int
+    environment: str | None = Field(default=None, index=True, max_length=64)
+    uploaded_by: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = _ts()
+
+
+class PublishJob(SQLModel, table=True):
+    """One upload being published: the steps so far (``log``), and in the end the
+    versions it published or the problem that stopped it (nothing of it then remains)."""
+
+    __tablename__ = "publish_job"
+
+    id: str = Field(primary_key=True, max_length=32)
+    namespace: str = Field(index=True, max_length=370)
+    filename: str = Field(max_length=300)
+    package_id: str | None = Field(default=None, max_length=64)
+    caller: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    # queued → running → succeeded | failed
+    status: str = Field(index=True, max_length=16)
+    log: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONType)
+    error: dict[str, Any] | None = Field(default=None, sa_type=JSONType)  # problem document
+    result: list[dict[str, Any]] | None = Field(default=None, sa_type=JSONType)
+    created_at: datetime = _ts(index=True)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -201,6 +201,7 @@ def _runtime_settings() -> list[tuple[str, str]]:
     from yunnao.runtimes.adapters.inprocess import InProcessSettings
     from yunnao.runtimes.adapters.rayserve import RayServeSettings
     from yunnao.runtimes.adapters.remote import RemoteSettings
+    from yunnao.runtimes.adapters.sandbox import SandboxSettings
     from yunnao.runtimes.adapters.triton import TritonSettings
 
     models = {
@@ -209,6 +210,7 @@ def _runtime_settings() -> list[tuple[str, str]]:
         "bentoml": BentoMLSettings,
         "triton": TritonSettings,
         "remote": RemoteSettings,
+        "sandbox": SandboxSettings,
     }
     return [(rtype, key) for rtype, model in models.items() for key in model.model_fields]
 

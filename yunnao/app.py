@@ -38,6 +38,10 @@ from yunnao.registry.identity.assertions import AssertionIssuer
 from yunnao.registry.identity.credentials import Credentials
 from yunnao.registry.identity.middleware import AssertionUse, AuthMiddleware
 from yunnao.registry.identity.oidc import OidcConfig, OidcVerifier
+from yunnao.registry.packages import api as packages_api
+from yunnao.registry.packages.environments import Environments
+from yunnao.registry.packages.jobs import PublishJobs
+from yunnao.registry.packages.publish import UploadPublisher
 from yunnao.registry.problems import EXCEPTION_HANDLERS
 from yunnao.registry.publishing import Publisher
 from yunnao.registry.request_id import RequestIdMiddleware
@@ -288,6 +292,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         + keys_api.ENDPOINTS
         + usage_api.ENDPOINTS
         + audit_api.ENDPOINTS
+        + packages_api.ENDPOINTS
         + cascade_api.ENDPOINTS
     )
     spec = openapi.document(
@@ -303,7 +308,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics_api.route(node_id=node_id, runtimes=runtimes, metrics=metrics, engine=engine),
     ]
 
-    background: list[Task] = [usage.run, audit.run]
+    # Publishing by upload: received archives become publish jobs, run one at a time.
+    packages_dir = settings.data_dir.resolve() / "packages"
+    uploads = packages_api.Uploads(
+        jobs=PublishJobs(engine, packages_dir / "uploads"),
+        max_bytes=settings.max_package_bytes,
+    )
+    upload_publisher = UploadPublisher(
+        uploads.jobs,
+        publisher,
+        Environments(packages_dir / "envs", index_url=settings.package_index),
+        packages_dir,
+        max_bytes=settings.max_package_bytes,
+        # One rule for department code, wherever it runs: the sandbox runtime's.
+        enforce=bool(settings.runtimes.get("sandbox", {}).get("enforce", True)),
+    )
+    uploads.wake = upload_publisher.wake
+
+    background: list[Task] = [usage.run, audit.run, upload_publisher.run]
     if settings.job_workers:
         background.append(jobs.run)
     if settings.cascade_sync:
@@ -367,6 +389,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.api_keys = api_keys
     app.state.audit = audit
+    app.state.uploads = uploads
     app.state.node_key = key
     app.state.sso = sso
     app.state.verify = credentials.verify

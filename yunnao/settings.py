@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")
+    max_package_bytes: int = Field(
+        50 << 20, ge=1024, description="largest package archive an author may upload"
+    )
+    package_index: str = Field(
+        "https://pypi.org/simple",
+        description="the package index (PEP 503 simple API) uploaded packages' requirements "
+        "are installed from",
+    )
     callback_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="job callbacks may reach these internal addresses (networks such as "

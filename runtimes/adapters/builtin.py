@@ -21,6 +21,7 @@ BUILTIN: dict[str, str] = {
     "bentoml": "yunnao.runtimes.adapters.bentoml:BentoMLRuntime",
     "triton": "yunnao.runtimes.adapters.triton:TritonRuntime",
     "remote": "yunnao.runtimes.adapters.remote:RemoteRuntime",
+    "sandbox": "yunnao.runtimes.adapters.sandbox:SandboxRuntime",
 }
 
 

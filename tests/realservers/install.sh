@@ -19,6 +19,12 @@ if [ ! -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ]; then
   need+=(fonts-wqy-zenhei)
 fi
 
+# Bubblewrap, the sandbox department code runs in (the sandbox runtime's tests and
+# package inspection); setpriv and prlimit come with util-linux.
+if ! command -v bwrap >/dev/null; then
+  need+=(bubblewrap)
+fi
+
 if ((${#need[@]})); then
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi

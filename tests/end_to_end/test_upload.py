@@ -1,0 +1,129 @@
+"""Publishing by upload, as a department does it: a real ``yunnao serve`` node, and an
+author in another process that has nothing but the node's URL and a token. The package
+needs a dependency the node's environment does not have (served by a real package
+index); it is published, found, and invoked in the sandbox. A package whose example
+fails is refused, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.realservers.yunnao_node import YUNNAO, YunnaoProcess
+from tests.registry.test_packages import dept_wheel, index, plugin_source  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+NS = "sd.qd.hello"
+
+# The author's side, run as its own process: upload, then follow the job to its end.
+AUTHOR = """
+import sys, time, httpx
+url, token, wheel, namespace = sys.argv[1:5]
+headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+with open(wheel, "rb") as f:
+    resp = httpx.post(f"{url}/v1/namespaces/{namespace}/packages",
+                      params={"filename": wheel.rsplit("/", 1)[-1]}, content=f.read(),
+                      headers=headers, timeout=60)
+assert resp.status_code == 202, resp.text
+job = resp.json()
+deadline = time.monotonic() + 240
+while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+    time.sleep(0.5)
+    job = httpx.get(url + resp.headers["location"], headers=headers, timeout=30).json()
+print(__import__("json").dumps(job))
+"""
+
+
+def author_upload(node: YunnaoProcess, token: str, wheel: Path, namespace: str = NS) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", AUTHOR, node.url, token, str(wheel), namespace],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=wheel.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def token_for(node_dir: Path, *scopes: str) -> str:
+    out = subprocess.run(
+        [YUNNAO, "token", "create", "--node-id", "sd.qd", "--role", "author",
+         *(a for s in scopes for a in ("--namespace", s))],
+        cwd=node_dir, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, index: str):  # noqa: F811
+    cwd = tmp_path_factory.mktemp("upload-node")
+    proc = YunnaoProcess(
+        cwd, "--node-id", "sd.qd", env={"YUNNAO_PACKAGE_INDEX": index, "YUNNAO_PLUGINS": "false"}
+    ).start()
+    yield proc, cwd
+    proc.stop()
+
+
+def test_an_author_with_a_url_and_a_token_publishes_and_the_package_runs_sandboxed(
+    node, tmp_path: Path
+) -> None:
+    proc, cwd = node
+    token = token_for(cwd, NS)
+    job = author_upload(proc, token, dept_wheel(tmp_path))
+    assert job["status"] == "succeeded", job
+    published = sorted(r["capability"] for r in job["result"])
+    assert published == [f"{NS}/greet@1.0.0", f"{NS}/weights@2.0.0"]
+    steps = [line["step"] for line in job["log"]]
+    assert steps[0] == "received" and "inspected" in steps and steps[-1] == "published"
+
+    headers = {"Authorization": f"Bearer {token}"}
+    found = httpx.get(f"{proc.url}/v1/capabilities", params={"q": "greet"}, headers=headers)
+    assert f"{NS}/greet" in [f"{c['namespace']}/{c['name']}" for c in found.json()["items"]]
+    version = httpx.get(f"{proc.url}/v1/capabilities/{NS}/greet/versions/1.0.0", headers=headers)
+    assert version.json()["runtime"]["type"] == "sandbox"
+
+    answer = httpx.post(
+        f"{proc.url}/v1/invoke/{NS}/greet", json={"input": {"name": "市南区"}}, headers=headers,
+        timeout=120,
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["output"] == {"text": "hello, 市南区", "polite": True}
+    weights = httpx.post(
+        f"{proc.url}/v1/invoke/{NS}/weights", json={"input": {"key": "a"}}, headers=headers,
+        timeout=120,
+    )  # fmt: skip
+    assert weights.status_code == 200 and weights.json()["output"] == 1.5, weights.text
+
+
+def test_a_package_whose_example_fails_is_refused_and_leaves_nothing(node, tmp_path: Path) -> None:
+    proc, cwd = node
+    namespace = "sd.qd.broken"
+    token = token_for(cwd, namespace)
+    wheel = dept_wheel(
+        tmp_path, name="dept-broken", module="dept_broken", source=plugin_source(broken=".upper()")
+    )
+    packages = cwd / "var" / "packages"
+    envs_before = sorted(p.name for p in (packages / "envs").glob("*"))
+    code_before = sorted(p.name for p in (packages / "code").glob("*"))
+    job = author_upload(proc, token, wheel, namespace)
+    assert job["status"] == "failed", job
+    fields = [e["field"] for e in job["error"]["errors"]]
+    assert "capabilities.greet.examples[0].output.text" in fields, job["error"]
+    headers = {"Authorization": f"Bearer {token}"}
+    listed = httpx.get(f"{proc.url}/v1/capabilities", params={"namespace": namespace},
+                       headers=headers)  # fmt: skip
+    assert listed.json()["total"] == 0
+    assert sorted(p.name for p in (packages / "envs").glob("*")) == envs_before
+    assert sorted(p.name for p in (packages / "code").glob("*")) == code_before
+    assert not list((packages / "uploads").glob("*"))
+    from mlflow import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'var' / 'mlflow' / 'mlflow.db'}")
+    assert not [m.name for m in mlflow.search_registered_models() if m.name.startswith(namespace)]
