@@ -33,7 +33,7 @@ from typing import Any
 import anyio.to_thread
 import sqlalchemy as sa
 
-from yunnao.plugins.errors import Forbidden, YunnaoError
+from yunnao.plugins.errors import Conflict, YunnaoError
 
 from ..db import row_write
 from ..problems import problem_of
@@ -124,7 +124,7 @@ class UploadPublisher:
         step("checked", f"{checked.name} {checked.version} ({checked.kind}, "
              f"{len(checked.members)} files, sha256 {checked.sha256})")  # fmt: skip
         if self._known(checked.sha256):
-            raise Forbidden(
+            raise Conflict(
                 f"this archive (sha256 {checked.sha256}) has been published already; "
                 "a new version needs a new version number"
             )

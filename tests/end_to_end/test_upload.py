@@ -127,3 +127,14 @@ def test_a_package_whose_example_fails_is_refused_and_leaves_nothing(node, tmp_p
 
     mlflow = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'var' / 'mlflow' / 'mlflow.db'}")
     assert not [m.name for m in mlflow.search_registered_models() if m.name.startswith(namespace)]
+
+
+def test_the_same_archive_is_published_once(node, tmp_path: Path) -> None:
+    proc, cwd = node
+    namespace = "sd.qd.twice"
+    token = token_for(cwd, namespace)
+    wheel = dept_wheel(tmp_path, name="dept-twice", module="dept_twice")
+    assert author_upload(proc, token, wheel, namespace)["status"] == "succeeded"
+    again = author_upload(proc, token, wheel, namespace)
+    assert again["status"] == "failed", again
+    assert again["error"]["status"] == 409 and "published already" in again["error"]["detail"]
