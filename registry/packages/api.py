@@ -3,7 +3,7 @@ it as a job; the job's resource shows its steps and, in the end, what it publish
 why it did not.
 
 ``POST /v1/namespaces/{namespace}/packages?filename=NAME`` takes the archive as the
-request body (``application/octet-stream``; a wheel, an sdist or an exported Bento), from
+request body (``application/octet-stream``; a wheel or an sdist), from
 a caller who may publish into ``namespace`` at this node, and answers ``202 Accepted``
 with the job and its ``Location``. ``GET /v1/publish-jobs/{id}`` is the job;
 ``GET /v1/namespaces/{namespace}/publish-jobs`` the namespace's latest jobs.
@@ -44,7 +44,7 @@ class UploadParams(BaseModel):
 
     filename: str = Field(
         description="the archive's file name: `<dist>-<version>-...whl`, "
-        "`<dist>-<version>.tar.gz` or `<name>.bento`",
+        "or `<dist>-<version>.tar.gz`",
     )
 
 
@@ -126,8 +126,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         status=202,
         errors=(400, 401, 403, 413, 415, 422),
         auth="required",
-        description="The body is the archive: a wheel or an sdist of a plugin distribution, "
-        "or an exported Bento. The node checks it, builds an environment for its "
+        description="The body is the archive: a wheel or an sdist of a plugin distribution "
+        "(exported Bentos are not taken yet). The node checks it, builds an environment for its "
         "requirements, inspects and tests it in a sandbox, logs each capability to MLflow "
         "and records the versions, all or nothing. Follow the job at `Location`.",
     ),

@@ -27,7 +27,7 @@ from ..db import row_write
 from ..tables import PublishJob, utcnow
 
 JOB = PublishJob.__table__  # type: ignore[attr-defined]
-ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".bento")
+ARCHIVE_SUFFIXES = (".whl", ".tar.gz")
 FILENAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 
 
@@ -54,7 +54,7 @@ def check_filename(filename: str) -> str:
         why = (
             "a file name of letters, digits and ._-+ ending in "
             + ", ".join(ARCHIVE_SUFFIXES)
-            + " (a wheel, an sdist or an exported Bento)"
+            + " (a wheel or an sdist)"
         )
         raise ValidationFailed(f"filename: {why}", errors=[FieldError("filename", why)])
     return filename

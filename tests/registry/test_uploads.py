@@ -69,7 +69,14 @@ def test_a_token_of_another_namespace_uploads_nothing(sqlite_node: Node) -> None
 
 
 def test_bad_requests_name_what_is_wrong(sqlite_node: Node) -> None:
-    for filename in ("../evil.whl", "x.exe", ".hidden.whl", "a b.whl", "x" * 300 + ".whl"):
+    for filename in (
+        "../evil.whl",
+        "x.exe",
+        "service.bento",
+        ".hidden.whl",
+        "a b.whl",
+        "x" * 300 + ".whl",
+    ):
         problem = assert_problem(upload(sqlite_node, b"PK", filename=filename), 422)
         assert problem["errors"][0]["field"] == "filename", filename
     problem = assert_problem(upload(sqlite_node, b""), 422)
