@@ -60,6 +60,7 @@ bench: test-deps test-servers
 	@command -v wrk >/dev/null || tests/realservers/install.sh wrk
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/invoke.py
+	$(BIN)/python bench/sandbox_attacks.py
 	$(BIN)/python bench/cascade.py
 
 clean:

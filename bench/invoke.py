@@ -8,7 +8,10 @@ for one name, the ``greet`` capability of ``tests/data/rtplugin``) to each targe
 (b) the gateway → the in-process runtime;
 (c) Triton directly (V2 infer on the python-backend model) vs the gateway → Triton;
 (d) BentoML directly vs the gateway → BentoML;
-(e) Ray Serve's own HTTP proxy vs the gateway → a Ray deployment handle.
+(e) Ray Serve's own HTTP proxy vs the gateway → a Ray deployment handle;
+(f) the gateway → the ``sandbox`` runtime: the same capability rebound, on the node of
+    (b), to a sandboxed worker (bubblewrap real, ``apt-get install bubblewrap``), quoted
+    against (b) from the same run.
 
 Every server is real and runs on this machine, so the load generator, the gateway
 and the runtime share its cores: figures are ratios within one run, not capacities.
@@ -16,6 +19,7 @@ Results go into the marked section of ``docs/benchmarks.md``.
 
     python bench/invoke.py                       # all targets, 10 s per cell
     python bench/invoke.py --only a,b --duration 3 --out -
+    python bench/invoke.py --only b,f --duration 3 --out -   # in-process vs sandbox
 """
 
 from __future__ import annotations
@@ -178,7 +182,8 @@ def bind(base: str, token: str, rtype: str, config: dict) -> None:
 def operator_token(workdir: Path) -> str:
     yunnao = str(Path(sys.executable).parent / "yunnao")
     return subprocess.run(
-        [yunnao, "token", "create", "--role", "operator", "--namespace", NAMESPACE,
+        # Scoped to the node itself: only its operators bind to another host's URL.
+        [yunnao, "token", "create", "--role", "operator", "--namespace", "bench",
          "--node-id", "bench"],
         cwd=workdir, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
@@ -237,6 +242,8 @@ def verdicts(rows: dict[str, Row]) -> list[str]:
                     f"gateway → {name} adds {added:+.2f} ms p50 at c={c} over calling it "
                     f"directly ({verdict} the aim of under 1 ms)"
                 )
+    if "b" in rows and "f" in rows:
+        out += sandbox_verdicts(rows["b"], rows["f"])
     direct, via = rows.get("e-direct"), rows.get("e-gateway")
     if direct and via:
         for c in (1, 32):
@@ -256,6 +263,27 @@ def verdicts(rows: dict[str, Row]) -> list[str]:
     return out
 
 
+def sandbox_verdicts(inprocess: Row, sandboxed: Row) -> list[str]:
+    """(f) against (b): the aim at c=1 is a p50 within 0.5 ms and half the throughput."""
+    out = []
+    for c in (1, 32):
+        was, now = inprocess.cells[c], sandboxed.cells[c]
+        ratio, added = now.rps / was.rps, now.p50_ms - was.p50_ms
+        line = (
+            f"(f)/(b), sandboxed worker against in-process, at c={c}: {ratio:.0%} of the "
+            f"throughput, {now.p50_ms / was.p50_ms:.2f}× the p50 ({added:+.2f} ms), "
+            f"{now.p99_ms / was.p99_ms:.2f}× the p99"
+        )
+        if c == 1:
+            met = ratio >= 0.5 and added <= 0.5
+            line += (
+                f" ({'meets' if met else 'misses'} the aim of a p50 within 0.5 ms and at "
+                "least 50% of the throughput)"
+            )
+        out.append(line)
+    return out
+
+
 # ---------------------------------------------------------------- scenarios
 
 
@@ -268,10 +296,16 @@ def run_local(workdir: Path, duration: float, rows: dict[str, Row], only: set[st
             console.print("(a) bare Starlette")
             rows["a"] = Row("(a) bare Starlette JSON endpoint", measure(
                 Request(f"{url}/greet", json.dumps(PAYLOAD).encode()), duration))  # fmt: skip
-    if "b" in only:
+    if "b" in only or "f" in only:  # (f) is quoted against (b) from the same node
         with node(workdir / "b") as gw:
             console.print("(b) gateway → in-process")
             rows["b"] = Row("(b) gateway → in-process", measure(gateway_request(gw.url), duration))
+            if "f" in only:
+                console.print("(f) gateway → sandboxed worker")
+                rows["f"] = Row(
+                    "(f) gateway → sandboxed worker (bwrap)",
+                    via_gateway(gw, "sandbox", {}, duration),
+                )
 
 
 def via_gateway(gw: YunnaoProcess, rtype: str, config: dict, duration: float) -> dict[int, Cell]:
@@ -349,7 +383,7 @@ def scenario_ray(workdir: Path, duration: float, rows: dict[str, Row]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per cell")
-    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated targets")
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated targets")
     parser.add_argument(
         "--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file, or -"
     )

@@ -6,6 +6,16 @@ signed-in person sees exactly what their token may discover. Text comes from mes
 catalogs (:mod:`.i18n`), zh-CN by default with an English switch.
 """
 
-from .pages import ACTIONS, routes
+from starlette.routing import BaseRoute
+
+from . import authoring, pages
+
+ACTIONS = {**pages.ACTIONS, **authoring.ACTIONS}
+
+
+def routes() -> list[BaseRoute]:
+    """The catalog's pages and the author's (:mod:`.authoring`)."""
+    return [*authoring.routes(), *pages.routes()]
+
 
 __all__ = ["ACTIONS", "routes"]

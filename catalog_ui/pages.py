@@ -26,10 +26,11 @@ from yunnao.registry.access import Action, Identity
 from yunnao.registry.http import is_loopback
 from yunnao.registry.identity import tokens
 from yunnao.registry.identity.middleware import SESSION_COOKIE, identity_of
+from yunnao.runtimes.adapters.sandbox.status import sandbox_status
 from yunnao.runtimes.gateway import usage_stats
 from yunnao.runtimes.gateway.v2 import tensor_specs
 
-from . import charts, forms, i18n, sso, text
+from . import authors, charts, forms, i18n, sso, text
 
 _HERE = Path(__file__).parent
 _env = Environment(
@@ -60,6 +61,7 @@ def _render(request: Request, template: str, status: int = 200, **context: Any) 
         may_operate=access.decide(
             identity, Action.READ_NODE, access.Entry(settings.node_id)
         ).allowed,
+        may_publish=authors.may_publish(identity, settings.node_id),
         **context,
     )
     return HTMLResponse(html, status_code=status, headers={"Content-Language": lang})
@@ -266,6 +268,7 @@ async def capability(request: Request) -> Response:
         usage=usage,
         charts=charts_html,
         callable_=current is not None and current.status in ("published", "deprecated"),
+        author_actions=authors.version_actions(identity, cap, versions, store.node_id),
     )
 
 
@@ -343,6 +346,7 @@ async def operators(request: Request) -> Response:
     rejections = await _run(cascade.peers.rejections, None, 20)
     runtimes = request.app.state.invoker.gateway.runtimes
     health = await runtimes.health()
+    sandbox = await sandbox_status(runtimes, request.app.state.env_usage)
     result = await _run(
         request.app.state.catalog.store.search,
         identity_of(request),
@@ -360,6 +364,7 @@ async def operators(request: Request) -> Response:
         rejections=rejections,
         runtimes=sorted(runtimes.factories),
         health=health,
+        sandbox=sandbox,
         own=[
             (item, health.get(item.runtime or ""))
             for item in result.items

@@ -8,6 +8,11 @@ cluster address, model or node (``remote``; BentoML ``url``, ``service``,
 an operator's decision: only operators and admins scoped to the whole node may set it.
 The rule is an allow-list, so a key a runtime learns later is the operator's until it
 is listed here.
+
+``trusted`` (``rayserve``, ``triton``) is never an author's: it lets the model of an
+uploaded package run on Ray Serve's workers or in Triton's Python stub, which run as
+the node's user outside any sandbox (they see the node's data directory, its key and
+the network). Only the node's operators may vouch for a department's code that way.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ AUTHOR_KEYS: Mapping[str, frozenset[str]] = {
         {"num_replicas", "autoscaling", "num_cpus", "num_gpus", "max_ongoing_requests"}
     ),
     "triton": frozenset({"instances", "gpus", "kind"}),
-    "bentoml": frozenset({"api"}),
+    # ``bento``: a Bento uploaded to the version's own namespace (the runtime checks),
+    # served in the sandbox; ``url``, ``service`` and ``working_dir`` stay the operator's.
+    "bentoml": frozenset({"api", "bento"}),
     # Limits are capped by the node's own; an environment is one the node built for an
     # uploaded package (dependencies only, read-only). The network is the operator's.
     "sandbox": frozenset(
@@ -37,6 +44,11 @@ AUTHOR_KEYS: Mapping[str, frozenset[str]] = {
     ),
 }
 OPERATOR_TYPES = frozenset({"remote"})
+TRUSTED = "trusted"
+_TRUSTED_WHY = (
+    "`trusted` runs an uploaded package's code on Ray Serve or Triton as the node's user, "
+    "outside the sandbox"
+)
 
 
 def reaching_out(binding: RuntimeBinding | Mapping[str, Any]) -> list[str]:
@@ -74,7 +86,17 @@ def require_binding(
     )
     allowed = sorted(AUTHOR_KEYS.get(binding.type, ()))
     hint = f"; authors may set {', '.join(allowed)}" if allowed else ""
+    if f"config.{TRUSTED}" in outside:
+        hint += f"; {_TRUSTED_WHY}: ask an operator of node {node_id} to bind it"
     raise Forbidden(
         f"{field or 'runtime'}: {why}{hint}",
-        errors=[FieldError(prefix + part, why) for part in outside],
+        errors=[
+            FieldError(
+                prefix + part,
+                f"{_TRUSTED_WHY}, which the operators of node {node_id} decide"
+                if part == f"config.{TRUSTED}"
+                else why,
+            )
+            for part in outside
+        ],
     )

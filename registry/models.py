@@ -198,6 +198,11 @@ class ModelStore:
             "yunnao.version": cap.version,
             "yunnao.classification": cap.classification,
         }
+        # The node's own mark on a model of an uploaded package (the package cannot
+        # write MLmodel): runtimes that run code as the node's user refuse it
+        # (yunnao.runtimes.adapters.loading), and the sandbox takes its environment.
+        marker = getattr(cap, "uploaded", None)
+        uploaded = {"uploaded": dict(marker)} if marker else {}
         run_id = None
         try:
             with tempfile.TemporaryDirectory(prefix="yunnao-model-") as tmp:
@@ -214,7 +219,7 @@ class ModelStore:
                         code_paths=[str(code_path(cap))],
                         pip_requirements=requirements(cap),
                         signature=signature_of(cap),
-                        metadata={"yunnao": {"entry": cap.entry, **tags}},
+                        metadata={"yunnao": {"entry": cap.entry, **tags, **uploaded}},
                     )
                 run = self.client.create_run(self.experiment_id(), tags=tags, run_name=name)
                 run_id = run.info.run_id

@@ -5,6 +5,7 @@ their :class:`~yunnao.registry.api.Endpoint`)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
@@ -54,8 +55,16 @@ def check_ready(engine: sa.Engine) -> None:
         raise Unavailable(f"registry schema is at {at}, needs {migrate.head()}")
 
 
-def routes(*, node_id: str, version: str, engine: sa.Engine, spec: dict[str, Any]) -> list[Route]:
-    """``/healthz``, ``/readyz`` and ``/openapi.json`` (serving ``spec``), in that order."""
+def routes(
+    *,
+    node_id: str,
+    version: str,
+    engine: sa.Engine,
+    spec: dict[str, Any],
+    details: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> list[Route]:
+    """``/healthz``, ``/readyz`` (with ``details()``, e.g. the sandbox's state, when
+    given) and ``/openapi.json`` (serving ``spec``), in that order."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse(
@@ -64,7 +73,10 @@ def routes(*, node_id: str, version: str, engine: sa.Engine, spec: dict[str, Any
 
     async def readyz(request: Request) -> Response:
         await anyio.to_thread.run_sync(check_ready, engine)
-        return JSONResponse(Health(status="ready", node=node_id).model_dump(exclude_none=True))
+        body = Health(status="ready", node=node_id).model_dump(exclude_none=True)
+        if details is not None:
+            body["details"] = await details()
+        return JSONResponse(body)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(spec)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -157,10 +158,12 @@ class Publisher:
         namespace: str,
         aliases: Sequence[str] = DEFAULT_ALIASES,
         step: Step | None = None,
+        also: Callable[[Any], None] | None = None,
     ) -> list[Published]:
         """Publish every capability of ``caps`` (an uploaded package's) into
         ``namespace``: all of them, or — when any check, MLflow step or the registry write
-        fails — none, with every MLflow version logged on the way removed again."""
+        fails — none, with every MLflow version logged on the way removed again. ``also``
+        writes further rows in the registry's transaction (the package's record)."""
         step = step or (lambda _: None)
         step(STEPS[0])
         specs = []
@@ -178,14 +181,17 @@ class Publisher:
                     self.models.set_alias(entry, alias)
             step(STEPS[3])
             self.store.publish_many(
-                (
-                    namespace,
-                    cap.name,
-                    spec.model_copy(
-                        update={"model_uri": entry.model_uri, "artifact_uri": entry.source}
-                    ),
-                )
-                for cap, spec, entry in zip(caps, specs, logged, strict=True)
+                [
+                    (
+                        namespace,
+                        cap.name,
+                        spec.model_copy(
+                            update={"model_uri": entry.model_uri, "artifact_uri": entry.source}
+                        ),
+                    )
+                    for cap, spec, entry in zip(caps, specs, logged, strict=True)
+                ],
+                also=also,
             )
         except BaseException:
             for entry in logged:

@@ -12,7 +12,7 @@ live, owned) and its write transaction, so they stay one class.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,13 +244,22 @@ class RegistryStore:
         with self._write() as s:
             return self._publish(s, namespace, name, spec)
 
-    def publish_many(self, items: Iterable[tuple[str, str, schemas.PublishRequest]]) -> int:
-        """Publish many versions in one transaction (bulk loads); all or nothing."""
+    def publish_many(
+        self,
+        items: Iterable[tuple[str, str, schemas.PublishRequest]],
+        *,
+        also: Callable[[Session], None] | None = None,
+    ) -> int:
+        """Publish many versions in one transaction (bulk loads); all or nothing.
+        ``also`` (a hook) writes further rows in that transaction, after the versions."""
         count = 0
         with self._write() as s:
             for namespace, name, spec in items:
                 self._publish(s, namespace, name, spec)
                 count += 1
+            if also is not None:
+                s.flush()
+                also(s)
         return count
 
     def update_metadata(

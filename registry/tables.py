@@ -325,6 +325,20 @@ class Package(SQLModel, table=True):
     environment: str | None = Field(default=None, index=True, max_length=64)
     uploaded_by: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     created_at: datetime = _ts()
+    job_id: str | None = Field(default=None, max_length=32)  # the job that recorded it
+
+
+class PackageVersion(SQLModel, table=True):
+    """A version an uploaded package published, and the MLflow model it got: when none
+    of a package's versions is live any more, its code and environment are removed."""
+
+    __tablename__ = "package_version"
+
+    package_id: str = Field(foreign_key="package.id", primary_key=True, max_length=64)
+    namespace: str = Field(primary_key=True, max_length=370)
+    name: str = Field(primary_key=True, max_length=64)
+    version: str = Field(primary_key=True, max_length=128)
+    model_uri: str | None = Field(default=None, max_length=1000)
 
 
 class PublishJob(SQLModel, table=True):
@@ -346,3 +360,7 @@ class PublishJob(SQLModel, table=True):
     created_at: datetime = _ts(index=True)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The node process running it, and when it last said it still is (a job whose
+    # runner stopped is failed and cleaned up by the next publisher that sees it).
+    runner: str | None = Field(default=None, max_length=200)
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

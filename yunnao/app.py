@@ -50,6 +50,7 @@ from yunnao.runtimes.adapters import builtin as builtin_runtimes
 from yunnao.runtimes.adapters.base import RuntimeContext
 from yunnao.runtimes.adapters.loading import load_runnable
 from yunnao.runtimes.adapters.manager import Runtimes
+from yunnao.runtimes.adapters.sandbox.status import EnvironmentUsage, sandbox_status
 from yunnao.runtimes.gateway import api as gateway_api
 from yunnao.runtimes.gateway import metrics_api, usage_api, v2
 from yunnao.runtimes.gateway.core import Gateway
@@ -183,6 +184,16 @@ def alias_lookup(store: RegistryStore, models: Any) -> Callable[[str, str, str],
 Task = Callable[[], Awaitable[Any]]
 
 
+async def readiness_details(runtimes: Runtimes, env_usage: EnvironmentUsage) -> dict[str, Any]:
+    """``/readyz``'s details: the sandbox department code runs in (never failing the
+    probe: what cannot be found out is said instead)."""
+    try:
+        return {"sandbox": await sandbox_status(runtimes, env_usage)}
+    except Exception as exc:
+        log.exception("readiness details")
+        return {"sandbox": {"error": f"{type(exc).__name__}: {exc}"}}
+
+
 def lifespan(
     settings: Settings,
     *,
@@ -283,6 +294,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     metrics.registry.register(CascadeCollector(peers))
     lag_history = LagHistory(peers)
 
+    # What /readyz and the operator page say about the sandbox.
+    env_usage = EnvironmentUsage(settings.data_dir.resolve() / "packages" / "envs")
+
     # The routes, in order: the invocation routes first (they take the most traffic, and
     # routes match in order), then the catalog, the cascade, the pages and the node's own.
     endpoints = (
@@ -304,7 +318,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         *api.routes(endpoints),
         *catalog_ui.routes(),
-        *node_api.routes(node_id=node_id, version=__version__, engine=engine, spec=spec),
+        *node_api.routes(
+            node_id=node_id,
+            version=__version__,
+            engine=engine,
+            spec=spec,
+            details=partial(readiness_details, runtimes, env_usage),
+        ),
         metrics_api.route(node_id=node_id, runtimes=runtimes, metrics=metrics, engine=engine),
     ]
 
@@ -390,6 +410,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.api_keys = api_keys
     app.state.audit = audit
     app.state.uploads = uploads
+    app.state.env_usage = env_usage
+    app.state.upload_publisher = upload_publisher
     app.state.node_key = key
     app.state.sso = sso
     app.state.verify = credentials.verify

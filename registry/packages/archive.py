@@ -31,7 +31,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -197,13 +197,33 @@ def unpack_sdist(archive: Archive, dest: Path) -> Path:
     ``name-version`` folder, the source tree to build."""
     if archive.kind != "sdist":
         raise ValueError("not an sdist")
+    root = extract_tar(
+        archive.path, "r:gz", dest, archive.unpacked_size, lambda m: _normalized(m.name)
+    )
+    (top,) = {n.split("/")[0] for n in archive.members}
+    return root / top
+
+
+def extract_tar(
+    path: Path,
+    mode: str,
+    dest: Path,
+    limit: int,
+    name_of: Callable[[tarfile.TarInfo], str | None],
+) -> Path:
+    """Extract a checked tar archive into the empty or missing folder ``dest``: regular
+    files (0644) and folders (0755) only, under the names ``name_of`` gives its members
+    (None: skipped), nothing outside ``dest`` and no more than ``limit`` bytes in all.
+    Returns ``dest`` resolved."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     written = 0
-    with tarfile.open(archive.path, mode="r:gz") as tf:
+    with tarfile.open(path, mode=mode) as tf:
         for member in _members(tf):
-            name = _normalized(member.name)
+            name = name_of(member)
+            if name is None:
+                continue
             target = _inside(root, name)
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
@@ -217,15 +237,14 @@ def unpack_sdist(archive: Archive, dest: Path) -> Path:
             with src, open(target, "xb") as out:
                 while chunk := src.read(1024 * 1024):
                     written += len(chunk)
-                    if written > archive.unpacked_size:
+                    if written > limit:
                         raise refuse(f"{name} unpacks to more than its declared size")
                     out.write(chunk)
             target.chmod(0o644)
     for folder in [root, *root.rglob("*")]:
         if folder.is_dir():
             folder.chmod(0o755)
-    (top,) = {n.split("/")[0] for n in archive.members}
-    return root / top
+    return root
 
 
 # ---------------------------------------------------------------- internals

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -158,11 +159,13 @@ class Environments:
         index_url: str,
         timeout: float = TIMEOUT,
         cache_dir: Path | None = None,
+        retry_backoff: float = 2.0,
     ) -> None:
         self.root = Path(root)
         self.index_url = index_url
         self.timeout = timeout
         self.cache_dir = cache_dir  # pip's download cache; None: no cache
+        self.retry_backoff = retry_backoff  # before the one retry of an unreachable index
 
     # ------------------------------------------------------------ the cache
 
@@ -187,6 +190,17 @@ class Environments:
         return {
             p.name for p in self.root.iterdir() if KEY_RE.match(p.name) and (p / MARKER).is_file()
         }
+
+    def usage(self) -> tuple[int, int]:
+        """How many environments are built, and the bytes their files take on disk."""
+        keys = self.keys()
+        size = 0
+        for key in keys:
+            for folder, _dirs, files in os.walk(self.root / key):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        size += os.lstat(os.path.join(folder, name)).st_blocks * 512
+        return len(keys), size
 
     def remove(self, key: str) -> bool:
         """Remove environment ``key`` (moved aside first, so it disappears at once).
@@ -330,6 +344,22 @@ class Environments:
         return opts
 
     def _pip(self, argv: list[str], requirements: Sequence[str], home: Path) -> None:
+        """Run pip; an index that cannot be reached is tried once more after
+        ``retry_backoff`` seconds, then :class:`Unavailable` names it."""
+        try:
+            self._pip_once(argv, requirements, home)
+        except _Unreachable:
+            time.sleep(self.retry_backoff)
+            try:
+                self._pip_once(argv, requirements, home)
+            except _Unreachable as exc:
+                raise Unavailable(
+                    f"the package index {self.index_url} cannot be reached; try again later "
+                    f"({exc.args[0]})",
+                    extra={"index": self.index_url},
+                ) from None
+
+    def _pip_once(self, argv: list[str], requirements: Sequence[str], home: Path) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
         env |= {"PIP_CONFIG_FILE": os.devnull, "PYTHONNOUSERSITE": "1", "LC_ALL": "C.UTF-8"}
         env |= {k: os.environ[k] for k in _PASS if k in os.environ}
@@ -353,13 +383,15 @@ class Environments:
             return
         output = done.stdout
         if any(sign in output for sign in _UNREACHABLE):
-            raise Unavailable(
-                f"the package index {self.index_url} cannot be reached: {_error_text(output)}"
-            )
+            raise _Unreachable(_error_text(output))
         text = _error_text(output)
         lowered = text.lower()
         named = [r for r in requirements if _mentioned(r, lowered)] or list(requirements)
         raise _refused(named, text)
+
+
+class _Unreachable(Exception):
+    """pip could not reach the index (its explanation in ``args[0]``)."""
 
 
 def _readable(root: Path) -> None:

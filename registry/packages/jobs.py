@@ -5,15 +5,20 @@ the archive has been received (under ``<data_dir>/packages/uploads/<job id>``), 
 by the node's publisher loop (``running``), its steps appended to ``log`` as they
 happen, and finished ``succeeded`` with the versions it published or ``failed`` with a
 problem document. Only the uploader and the namespace's writers (and the node's staff)
-see a job.
+see a job. The process running a job (``runner``) refreshes ``heartbeat_at`` while it
+runs, so a job whose node stopped can be told from one still running elsewhere
+(:func:`abandoned`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import uuid
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ from ..db import row_write
 from ..tables import PublishJob, utcnow
 
 JOB = PublishJob.__table__  # type: ignore[attr-defined]
-ARCHIVE_SUFFIXES = (".whl", ".tar.gz")
+ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".bento")
 FILENAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 
 
@@ -54,7 +59,7 @@ def check_filename(filename: str) -> str:
         why = (
             "a file name of letters, digits and ._-+ ending in "
             + ", ".join(ARCHIVE_SUFFIXES)
-            + " (a wheel or an sdist)"
+            + " (a wheel, an sdist or an exported Bento)"
         )
         raise ValidationFailed(f"filename: {why}", errors=[FieldError("filename", why)])
     return filename
@@ -66,11 +71,18 @@ async def receive(request: Request, dest: Path, filename: str, max_bytes: int) -
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"the archive of {declared} bytes exceeds the {max_bytes}-byte limit")
+    return await save(request.stream(), dest, filename, max_bytes)
+
+
+async def save(chunks: AsyncIterable[bytes], dest: Path, filename: str, max_bytes: int) -> Received:
+    """Write an archive arriving in ``chunks`` to ``dest`` (413 past ``max_bytes``,
+    nothing kept), hashing it on the way (the upload route's body, the upload page's
+    file)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
     try:
         with dest.open("wb") as out:
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise PayloadTooLarge(f"the archive exceeds the {max_bytes}-byte limit")
@@ -176,8 +188,15 @@ class PublishJobs:
 
     # ------------------------------------------------------------ the publisher's side
 
-    def claim(self) -> Any | None:
-        """The oldest queued job, now running (None when there is none)."""
+    def claim(self, runner: str | None = None) -> Any | None:
+        """The oldest queued job, now running as ``runner``'s (None when there is none).
+        Looks first with a read, so an idle node opens no write transaction."""
+        with self.engine.connect() as conn:
+            waiting = conn.execute(
+                sa.select(JOB.c.id).where(JOB.c.status == "queued").limit(1)
+            ).first()
+        if waiting is None:
+            return None
         with row_write(self.engine) as conn:
             stmt = sa.select(JOB).where(JOB.c.status == "queued").order_by(JOB.c.created_at)
             if self.engine.dialect.name == "postgresql":
@@ -185,12 +204,34 @@ class PublishJobs:
             row = conn.execute(stmt.limit(1)).first()
             if row is None:
                 return None
+            now = utcnow()
             conn.execute(
                 sa.update(JOB)
                 .where(JOB.c.id == row.id)
-                .values(status="running", started_at=utcnow())
+                .values(status="running", started_at=now, runner=runner, heartbeat_at=now)
             )
             return conn.execute(sa.select(JOB).where(JOB.c.id == row.id)).one()
+
+    def heartbeat(self, job_id: str, runner: str) -> None:
+        """Say that ``runner`` is still running the job."""
+        with row_write(self.engine) as conn:
+            conn.execute(
+                sa.update(JOB)
+                .where(JOB.c.id == job_id, JOB.c.status == "running", JOB.c.runner == runner)
+                .values(heartbeat_at=utcnow())
+            )
+
+    def running_elsewhere(self, runner: str) -> list[Any]:
+        """The running jobs of other runners (a read)."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(JOB).where(
+                        JOB.c.status == "running",
+                        sa.or_(JOB.c.runner.is_(None), JOB.c.runner != runner),
+                    )
+                ).all()
+            )
 
     def step(self, job_id: str, step: str, message: str = "") -> None:
         """Append one line to the job's log."""
@@ -205,16 +246,58 @@ class PublishJobs:
         *,
         result: list[dict[str, Any]] | None = None,
         error: dict[str, Any] | None = None,
-    ) -> None:
+        runner: str | None = None,
+        message: str = "",
+    ) -> bool:
+        """End a running job (only while ``runner``, when given, still holds it), with
+        ``message`` as the log's last line if given; False when it was not running."""
         with row_write(self.engine) as conn:
-            conn.execute(
-                sa.update(JOB)
-                .where(JOB.c.id == job_id)
-                .values(
-                    status="failed" if error is not None else "succeeded",
-                    result=result,
-                    error=error,
-                    finished_at=utcnow(),
-                )
-            )
+            where = [JOB.c.id == job_id, JOB.c.status == "running"]
+            if runner is not None:
+                where.append(JOB.c.runner == runner)
+            row = conn.execute(sa.select(JOB.c.log).where(*where)).first()
+            if row is None:
+                return False
+            values: dict[str, Any] = {
+                "status": "failed" if error is not None else "succeeded",
+                "result": result,
+                "error": error,
+                "finished_at": utcnow(),
+            }
+            if message:
+                step = "failed" if error is not None else "published"
+                values["log"] = [
+                    *row.log,
+                    {"at": utcnow().isoformat(), "step": step, "message": message},
+                ]
+            conn.execute(sa.update(JOB).where(*where).values(**values))
         self.upload_path(job_id).unlink(missing_ok=True)
+        return True
+
+
+def runner_id() -> str:
+    """Who runs jobs in this process: ``host:pid:token`` (a fresh token per publisher,
+    so a restarted node with the same pid, as in a container, is another runner)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def abandoned(row: Any, *, now: datetime, grace: float) -> bool:
+    """Whether the running job ``row`` has lost its runner: a process of this host that
+    is gone (or this very pid under another token: the node restarted), or no heartbeat
+    for ``grace`` seconds (a runner elsewhere)."""
+    host, _, rest = (row.runner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host == socket.gethostname() and pid_text.isdigit():
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return True  # not this publisher's (it asked for others'): an earlier life
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, someone else's
+    beat = row.heartbeat_at or row.started_at or row.created_at
+    if beat is not None and beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)
+    return beat is None or (now - beat).total_seconds() > grace

@@ -40,6 +40,7 @@ class Uploaded:
     package_dir: Path  # the unpacked package
     environment: str  # the key of the environment holding its requirements
     installed: tuple[str, ...]  # that environment's resolved set, name==version
+    package: str = ""  # the archive's sha256
 
     def __post_init__(self) -> None:
         if not ENTRY.match(self.spec.entry):
@@ -95,6 +96,12 @@ class Uploaded:
     def requirements(self) -> list[str]:
         """What the model needs: the capability's own, and the package environment's."""
         return sorted({*self.spec.requirements, *self.installed})
+
+    @property
+    def uploaded(self) -> dict[str, str]:
+        """The mark :meth:`~yunnao.registry.models.ModelStore.log` puts in the model's
+        metadata: which package it came from and which environment it runs on."""
+        return {"package": self.package, "environment": self.environment}
 
     @property
     def runtime(self) -> dict[str, Any]:

@@ -15,6 +15,10 @@ when that plugin's own namespace (``<node>.<plugin>``) is the entry's. Two execu
 
 Each target has its own concurrency limit (binding config ``max_concurrency``, default
 the node's ``max_concurrency``, 4): calls beyond it wait, within their timeout.
+
+A model of an uploaded package never runs here, whoever bound it: the loader refuses it
+(:class:`NotDeployable` naming the sandbox) before any of its code is imported, since
+here it would run beside the node's key and store.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from yunnao.registry.models import own_model_version
 from yunnao.registry.publishing import plugin_namespace
 
 from .base import RuntimeContext, RuntimeHealth, Target
-from .loading import Runnable, from_capability, load_runnable
+from .loading import Runnable, from_capability, load_runnable, refuse_uploaded, uploaded_of
 from .settings import RuntimeSettings
 
 log = logging.getLogger("yunnao.runtimes.inprocess")
@@ -177,7 +181,10 @@ class InProcessRuntime:
             _check_own_model(target)
             if self.context.load_model is None:
                 raise NotDeployable(f"{target.id}: this node cannot load MLflow models")
-            return self.context.load_model(target.model_uri)
+            try:
+                return self.context.load_model(target.model_uri)
+            except NotDeployable as exc:  # an uploaded package's model, refused
+                raise NotDeployable(f"{target.id}: {exc.detail}") from None
         cap = self._plugin(target)
         if cap is not None:
             return from_capability(cap)
@@ -207,9 +214,11 @@ class InProcessRuntime:
                 raise NotDeployable(f"{target.id}: this node has no MLflow to load it from")
             from .loading import download_model
 
-            return "model", download_model(
+            local = download_model(
                 target.model_uri, self.context.tracking_uri, self.context.registry_uri
             )
+            refuse_uploaded(target.id, uploaded_of(local), "in the node's process")
+            return "model", local
         cap = self._plugin(target)
         if cap is not None:
             return "entry", cap.entry

@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.realservers.yunnao_node import YUNNAO, YunnaoProcess
 
 pytestmark = pytest.mark.slow
 
 CITY, DISTRICT = "sd.qd", "sd.qd.shinan"
-CHROMIUM = "/usr/bin/chromium"
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "images" / "ui"
 # The screenshots docs/ui.md and the README show.
 DOCS_NAMES = {
@@ -41,35 +40,6 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[YunnaoProcess]:
         yield node
     finally:
         node.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-    tab = context.new_page()
-    try:
-        yield tab
-    finally:
-        context.close()
 
 
 @pytest.fixture

@@ -7,19 +7,30 @@ fails is refused, and leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import stat
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.realservers.yunnao_node import YUNNAO, YunnaoProcess
-from tests.registry.test_packages import dept_wheel, index, plugin_source  # noqa: F401
+from tests.registry.test_packages import (  # noqa: F401
+    DEP,
+    dept_wheel,
+    index,
+    plugin_source,
+)
 
 pytestmark = pytest.mark.slow
 
 NS = "sd.qd.hello"
+LIMIT = 1 << 20  # the node's largest archive in this module
 
 # The author's side, run as its own process: upload, then follow the job to its end.
 AUTHOR = """
@@ -65,7 +76,14 @@ def token_for(node_dir: Path, *scopes: str) -> str:
 def node(tmp_path_factory: pytest.TempPathFactory, index: str):  # noqa: F811
     cwd = tmp_path_factory.mktemp("upload-node")
     proc = YunnaoProcess(
-        cwd, "--node-id", "sd.qd", env={"YUNNAO_PACKAGE_INDEX": index, "YUNNAO_PLUGINS": "false"}
+        cwd,
+        "--node-id",
+        "sd.qd",
+        env={
+            "YUNNAO_PACKAGE_INDEX": index,
+            "YUNNAO_PLUGINS": "false",
+            "YUNNAO_MAX_PACKAGE_BYTES": str(LIMIT),
+        },
     ).start()
     yield proc, cwd
     proc.stop()
@@ -77,7 +95,7 @@ def test_an_author_with_a_url_and_a_token_publishes_and_the_package_runs_sandbox
     proc, cwd = node
     token = token_for(cwd, NS)
     job = author_upload(proc, token, dept_wheel(tmp_path))
-    assert job["status"] == "succeeded", job
+    assert job["status"] == "succeeded", (job["error"], job["log"])
     published = sorted(r["capability"] for r in job["result"])
     assert published == [f"{NS}/greet@1.0.0", f"{NS}/weights@2.0.0"]
     steps = [line["step"] for line in job["log"]]
@@ -138,3 +156,134 @@ def test_the_same_archive_is_published_once(node, tmp_path: Path) -> None:
     again = author_upload(proc, token, wheel, namespace)
     assert again["status"] == "failed", again
     assert again["error"]["status"] == 409 and "published already" in again["error"]["detail"]
+
+
+# ---------------------------------------------------------------- refusals leave nothing
+
+
+REGISTRY_TABLES = (
+    "namespace", "capability", "capability_version", "capability_tag", "change",
+    "package", "package_version",
+)  # fmt: skip
+
+
+def node_state(cwd: Path) -> dict[str, list[str]]:
+    """Everything a publish could leave behind at the node: registry rows, MLflow
+    models, runs and artifact files, unpacked code, environments and uploads."""
+    var = cwd / "var"
+    with sqlite3.connect(var / "registry.db") as db:
+        rows = {
+            table: sorted(str(r) for r in db.execute(f"SELECT * FROM {table}"))
+            for table in REGISTRY_TABLES
+        }
+    rows["mlflow.registered_models"] = rows["mlflow.runs"] = []
+    if (var / "mlflow" / "mlflow.db").exists():  # MLflow's store is made on first use
+        with sqlite3.connect(f"file:{var / 'mlflow' / 'mlflow.db'}?mode=ro", uri=True) as db:
+            models = db.execute("SELECT name FROM registered_models ORDER BY name")
+            rows["mlflow.registered_models"] = [r[0] for r in models]
+            runs = db.execute("SELECT run_uuid FROM runs ORDER BY 1")
+            rows["mlflow.runs"] = [r[0] for r in runs]
+    packages = var / "packages"
+    for what, folder in (
+        ("artifacts", var / "mlflow" / "artifacts"),
+        ("code", packages / "code"),
+        ("envs", packages / "envs"),
+        ("uploads", packages / "uploads"),
+    ):
+        rows[what] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    return rows
+
+
+def _raw_upload(url: str, token: str, wheel: Path, namespace: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/namespaces/{namespace}/packages",
+        params={"filename": wheel.name},
+        content=wheel.read_bytes(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
+
+
+def _import_error(tmp: Path) -> Path:
+    source = plugin_source().replace(
+        "from yunnao_testdep_greeting import greet", "import dept_refused.missing_helper"
+    )
+    return dept_wheel(tmp, name="dept-refused", module="dept_refused", source=source)
+
+
+def _escaping(tmp: Path) -> Path:
+    return dept_wheel(
+        tmp, name="dept-refused", module="dept_refused",
+        raw=((zipfile.ZipInfo("dept_refused/../../evil.py"), b"print('out')"),),
+    )  # fmt: skip
+
+
+def _link_out(tmp: Path) -> Path:
+
+    link = zipfile.ZipInfo("dept_refused/key.pem")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return dept_wheel(
+        tmp, name="dept-refused", module="dept_refused", raw=((link, b"../../var/node_key.pem"),)
+    )
+
+
+def _failing_example(tmp: Path) -> Path:
+    source = plugin_source(broken=".upper()")
+    return dept_wheel(tmp, name="dept-refused", module="dept_refused", source=source)
+
+
+def _conflict(tmp: Path) -> Path:
+    return dept_wheel(
+        tmp, name="dept-refused", module="dept_refused", requires=(f"{DEP}>=1.0", "numpy<2")
+    )
+
+
+def _too_big(tmp: Path) -> Path:
+    return dept_wheel(
+        tmp, name="dept-refused", module="dept_refused",
+        raw=((zipfile.ZipInfo("dept_refused/weights.bin"), os.urandom(LIMIT)),),
+    )  # fmt: skip
+
+
+# (how the archive is made, the HTTP status of the upload or of the job's problem, the
+# field the problem names)
+REFUSALS = {
+    "import error": (_import_error, 422, "plugins.dept_hello"),
+    "failing example": (
+        _failing_example,
+        422,
+        "capabilities.greet.examples[0].output.text",
+    ),
+    "path out of the archive": (_escaping, 422, "file"),
+    "link out of the archive": (_link_out, 422, "file"),
+    "over the size limit": (_too_big, 413, None),
+    "requirement against the node's pins": (_conflict, 422, "requirements"),
+    "token of another namespace": (dept_wheel, 403, None),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_each_refusal_leaves_nothing_behind(node, tmp_path: Path, case: str) -> None:
+    proc, cwd = node
+    make, status, field = REFUSALS[case]
+    namespace = "sd.qd.refused"
+    token = token_for(cwd, "sd.qd.other" if case == "token of another namespace" else namespace)
+    wheel = make(tmp_path)
+    before = node_state(cwd)
+    resp = _raw_upload(proc.url, token, wheel, namespace)
+    if resp.status_code == 202:
+        job = resp.json()
+        headers = {"Authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + 240
+        while job["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.3)
+            job = httpx.get(f"{proc.url}/v1/publish-jobs/{job['id']}", headers=headers).json()
+        assert job["status"] == "failed", job
+        problem = job["error"]
+    else:
+        problem = resp.json()
+    assert problem["status"] == status, problem
+    if field is not None:
+        assert field in [e["field"] for e in problem.get("errors", [])], problem
+    assert node_state(cwd) == before

@@ -215,4 +215,9 @@ def test_openapi_document_is_valid_and_lists_the_catalog(node: Node) -> None:
 def test_health_and_readiness(node: Node) -> None:
     assert node.client.get("/healthz").json()["status"] == "ok"
     ready = node.client.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "node": "sd.qd"}
+    assert ready.status_code == 200
+    assert {k: v for k, v in ready.json().items() if k != "details"} == {
+        "status": "ready",
+        "node": "sd.qd",
+    }
+    assert set(ready.json()["details"]["sandbox"]) >= {"bwrap", "enforce", "workers"}

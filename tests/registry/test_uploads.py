@@ -72,7 +72,7 @@ def test_bad_requests_name_what_is_wrong(sqlite_node: Node) -> None:
     for filename in (
         "../evil.whl",
         "x.exe",
-        "service.bento",
+        "service.zip",
         ".hidden.whl",
         "a b.whl",
         "x" * 300 + ".whl",

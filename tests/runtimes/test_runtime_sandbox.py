@@ -3,7 +3,10 @@
 then a department's capability that attacks the node from inside its worker (reads the
 node key, the store, MLflow's files and another version's model; opens a socket to a
 listener of the node's; allocates 8 GiB; forks a thousand processes; loops forever;
-exits), while another department's capability keeps answering throughout."""
+exits), while another department's capability, called over and over, keeps answering
+throughout (its latency before and during the attacks is reported, not asserted). The
+node, the attacks and the watch are ``tests/sandbox_support.py``'s, shared with
+``bench/sandbox_attacks.py``."""
 
 from __future__ import annotations
 
@@ -15,14 +18,20 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from yunnao.plugins.capability import Capability
+from tests.sandbox_support import (
+    EVIL,
+    GOOD,
+    Node,
+    Watch,
+    call,
+    run_attacks,
+    until_answers,
+)
 from yunnao.plugins.errors import (
     CapabilityError,
     InvocationTimeout,
@@ -30,9 +39,8 @@ from yunnao.plugins.errors import (
     RuntimeDown,
     ValidationFailed,
 )
-from yunnao.registry.models import ModelStore
 from yunnao.registry.packages import environments, sandbox
-from yunnao.runtimes.adapters.base import Runtime, RuntimeContext, Target
+from yunnao.runtimes.adapters.base import Runtime
 from yunnao.runtimes.adapters.sandbox import SandboxRuntime
 
 pytestmark = [
@@ -40,66 +48,8 @@ pytestmark = [
     pytest.mark.skipif(sandbox.bwrap() is None, reason="bubblewrap (bwrap) is not installed"),
 ]
 
-PLUGIN_DIR = Path(__file__).parents[1] / "data" / "sandboxplugin"
-EVIL, GOOD = "sd.qd.evil", "sd.qd.good"
-CALL_TIMEOUT = 30.0  # generous: other test processes may share the two cores
-RESTART_DEADLINE = 90.0  # for a replaced worker to answer
-
-
-def capabilities() -> dict[str, Capability]:
-    if str(PLUGIN_DIR) not in sys.path:
-        sys.path.insert(0, str(PLUGIN_DIR))
-    import yunnao_sbx
-
-    caps = {c.name: c for c in yunnao_sbx.yunnao_capabilities()}
-    if os.getuid() == 0:  # it imports only as root (and never in a sandbox)
-        from yunnao_sbx.fragile import fragile
-
-        caps["fragile"] = fragile
-    return caps
-
-
-class Node:
-    """A node's data directory: its key and store (fakes, to be stolen), its embedded
-    MLflow with the test capabilities published, and the targets to deploy."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / "node_key.pem").write_text("-----BEGIN PRIVATE KEY-----\nsecret\n")
-        (data_dir / "registry.db").write_bytes(b"SQLite format 3\0secret")
-        self.models = ModelStore.embedded(data_dir)
-        self.uris: dict[tuple[str, str], str] = {}
-        caps = capabilities()
-        published = [(EVIL, "echo"), (EVIL, "boom"), (EVIL, "attack"), (EVIL, "depends")]
-        published.append((GOOD, "echo"))
-        if "fragile" in caps:
-            published.append((EVIL, "fragile"))
-        for namespace, name in published:
-            logged = self.models.log(caps[name], namespace=namespace, node="sd.qd")
-            self.uris[namespace, name] = logged.model_uri
-
-    def target(self, namespace: str, name: str, **config: Any) -> Target:
-        cap = capabilities()[name]
-        return Target(
-            namespace=namespace,
-            name=name,
-            version=cap.version,
-            runtime="sandbox",
-            config=config,
-            model_uri=self.uris[namespace, name],
-            input_schema=cap.input_schema,
-            output_schema=cap.output_schema,
-        )
-
-    def runtime(self, **settings: Any) -> SandboxRuntime:
-        context = RuntimeContext(
-            node_id="sd.qd",
-            data_dir=self.data_dir,
-            tracking_uri=self.models.tracking_uri,
-            registry_uri=self.models.registry_uri,
-        )
-        return SandboxRuntime(settings, context)
+# Calls of another department's capability timed before the attacks start.
+CALLS_BEFORE = 200
 
 
 @pytest.fixture(scope="module")
@@ -125,24 +75,6 @@ def run(runtime: SandboxRuntime, scenario: Callable[[SandboxRuntime], Awaitable[
             await runtime.close()
 
     asyncio.run(main())
-
-
-async def call(
-    rt: SandboxRuntime, target: Target, timeout: float = CALL_TIMEOUT, **inputs: Any
-) -> Any:
-    return await rt.invoke(target, inputs, timeout=timeout)
-
-
-async def until_answers(rt: SandboxRuntime, target: Target, **inputs: Any) -> Any:
-    """Call until the worker, being replaced, answers (RuntimeDown meanwhile)."""
-    deadline = time.monotonic() + RESTART_DEADLINE
-    while True:
-        try:
-            return await call(rt, target, **inputs)
-        except RuntimeDown:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 def test_a_sandboxed_worker_answers_validates_and_reports_failures(node: Node) -> None:
@@ -187,66 +119,65 @@ def test_a_sandboxed_worker_answers_validates_and_reports_failures(node: Node) -
 
 
 def test_a_capability_cannot_reach_the_node_other_models_or_its_resources(
-    node: Node, listener: socket.socket
+    node: Node, listener: socket.socket, record_property: Callable[[str, object], None]
 ) -> None:
+    """Each attack fails or gets its worker killed, the node stays ready, and another
+    department's capability, called over and over from before the attacks to after the
+    last, answers every call: the p50 and p99 of its calls before and during the
+    attacks are printed and recorded as the test's properties (never asserted:
+    ``bench/sandbox_attacks.py`` reports them in docs/benchmarks.md)."""
     attack, victim = node.target(EVIL, "attack"), node.target(GOOD, "echo")
     models = node.data_dir / "sandbox" / "models"
 
     async def scenario(rt: SandboxRuntime) -> None:
-        async def victim_answers() -> None:
-            assert await call(rt, victim, text="ok") == "ok"
-
         await asyncio.gather(rt.deploy(attack), rt.deploy(victim))
-        await victim_answers()
-
         # Its own model files it reads (so the refusals below are not the reader's fault).
         own = await call(rt, attack, kind="read", path=str(models / attack.slug / "MLmodel"))
         assert "read" in own, own
-        secrets = [
-            node.data_dir / "node_key.pem",
-            node.data_dir / "registry.db",
-            node.data_dir / "mlflow" / "mlflow.db",
-            models / victim.slug / "MLmodel",
-            Path("/work/main/pyproject.toml") if Path("/work/main").is_dir() else Path("/root"),
-        ]
-        for secret in secrets:
-            assert secret.exists()
-            answer = await call(rt, attack, kind="read", path=str(secret))
-            assert answer == {"error": "FileNotFoundError: No such file or directory"}, secret
-            await victim_answers()
+        for secret in node.secrets(victim).values():
+            assert secret.exists(), secret
+        before = rt.describe()["workers"][attack.slug][0]["pid"]
 
-        answer = await call(rt, attack, kind="connect", port=listener.getsockname()[1])
-        assert "error" in answer and "connected" not in answer, answer
+        watch = Watch(rt, victim)
+        watch.start()
+        try:
+            await watch.calls("before", CALLS_BEFORE)
+            watch.phase = "during"
+            outcomes = await run_attacks(rt, node, attack, victim, listener.getsockname()[1])
+            await watch.calls("during", 1)
+        finally:
+            await watch.stop()
+        assert watch.failures == []  # every call of the other department's answered
+        for phase in ("before", "during"):
+            figures = watch.summary(phase)
+            print(
+                f"{GOOD}/echo {phase} the attacks: p50 {figures['p50_ms']:.2f} ms, "
+                f"p99 {figures['p99_ms']:.2f} ms over {figures['calls']:.0f} calls"
+            )
+            for key, value in figures.items():
+                record_property(f"victim_{phase}_{key}", round(value, 3))
+
+        for name, outcome in outcomes.items():
+            if name.startswith("read "):
+                assert outcome.answer == {
+                    "error": "FileNotFoundError: No such file or directory"
+                }, (name, outcome)
+        connect = outcomes["open a network socket"].answer
+        assert "error" in connect and "connected" not in connect, connect
         with pytest.raises(BlockingIOError):
             listener.accept()  # nothing reached it
-        await victim_answers()
-
-        with pytest.raises(CapabilityError) as hog:
-            await call(rt, attack, kind="allocate", count=8)
-        assert "MemoryError" in hog.value.detail
-        await victim_answers()
-        assert "uid" in await call(rt, attack, kind="whoami")  # its worker lived on
-
-        bomb = await call(rt, attack, kind="fork", count=1000)
+        hog = outcomes["allocate 8 GiB"].error
+        assert isinstance(hog, CapabilityError) and "MemoryError" in hog.detail, hog
+        assert "uid" in outcomes["still alive"].answer  # its worker lived on
+        bomb = outcomes["fork 1000 processes"].answer
         assert bomb["forked"] < 1000 and "BlockingIOError" in bomb["error"], bomb
-        await victim_answers()
-        assert subprocess.run(["true"], check=False).returncode == 0  # the node still forks
-
-        before = rt.describe()["workers"][attack.slug][0]["pid"]
-        spin = asyncio.ensure_future(call(rt, attack, timeout=3.0, kind="spin"))
-        answered = 0
-        while not spin.done():  # the other department's calls go on meanwhile
-            await victim_answers()
-            answered += 1
-            await asyncio.sleep(0.05)
-        assert answered > 0
-        with pytest.raises(InvocationTimeout):
-            await spin
-        await victim_answers()
-        assert "uid" in await until_answers(rt, attack, kind="whoami")
+        assert outcomes["the node still forks"].answer is True
+        assert isinstance(outcomes["loop forever"].error, InvocationTimeout)
+        assert "uid" in outcomes["replaced"].answer
         worker = rt.describe()["workers"][attack.slug][0]
         assert worker["pid"] not in (None, before) and worker["failures"] == 0  # a new one
         assert (await rt.health()).ok
+        assert await call(rt, victim, text="after") == "after"
 
     run(node.runtime(), scenario)
 

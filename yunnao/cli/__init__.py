@@ -1,5 +1,6 @@
 """The ``yunnao`` command line: one module per command group, mounted on :func:`main`
-here. The groups share :mod:`~yunnao.cli.common` (options, settings, HTTP helpers) and
+here. The groups share :mod:`~yunnao.cli.common` (options, settings, HTTP helpers,
+profiles) and :mod:`~yunnao.cli.uploads` (publishing by upload, the client side), and
 never import this package's ``__init__`` or each other, except ``demo``, which runs the
 ``cascade`` commands in process.
 
@@ -8,6 +9,8 @@ module         commands
 =============  ============================================================
 ``node``       ``serve``, ``db upgrade|current``
 ``catalog``    ``search``, ``show``, ``publish``, ``plugins list``
+``authoring``  ``versions``, ``deprecate``, ``retire``, ``edit``, ``publish-jobs list|show``
+``profiles``   ``login``, ``logout``, ``profiles``
 ``invoking``   ``invoke``, ``runtime set|status``
 ``cascade``    ``cascade add-child|add-parent|sync|status|...``
 ``keys``       ``token create``, ``key create|list|revoke``
@@ -25,12 +28,14 @@ import click
 from yunnao import __version__
 
 from .audit import audit, usage
+from .authoring import deprecate, edit, publish_jobs, retire, versions
 from .cascade import cascade
 from .catalog import plugins, publish, search, show
 from .demo import demo
 from .invoking import invoke, runtime
 from .keys import key, token
 from .node import db, serve
+from .profiles import login, logout, profiles_list
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -51,5 +56,6 @@ def main() -> None:
 for command in (
     serve, db, search, show, invoke, runtime, token, plugins, publish,
     cascade, key, audit, usage, demo,
+    versions, deprecate, retire, edit, publish_jobs, login, logout, profiles_list,
 ):  # fmt: skip
     main.add_command(command)

@@ -21,6 +21,7 @@ from .common import (
     print_json,
     request_json,
 )
+from .uploads import remote_publish
 
 FACET_OPTIONS = (
     "domain",
@@ -252,6 +253,7 @@ def plugins_list(targets: tuple[str, ...], as_json: bool) -> None:
 @node_options
 @mlflow_option
 @click.option("--json", "as_json", is_flag=True, help="Print the published versions as JSON")
+@remote_publish
 def publish(
     target: str,
     names_: tuple[str, ...],
@@ -270,20 +272,31 @@ def publish(
     mlflow_uri: str | None,
     as_json: bool,
 ) -> None:
-    """Publish the capabilities of a plugin into this node's registry, through MLflow.
+    """Publish the capabilities of a plugin into this node's registry, through MLflow;
+    or, naming a node (--url, --profile or a saved default profile), upload it there.
 
-    TARGET is a .py file, a package directory, an importable module or an installed
+    At a node, TARGET is a project folder (built into a wheel here), a .whl, a .tar.gz
+    or a built Bento (`bentoml export`, a .bento file); the node publishes it as a job
+    whose log is printed as it goes (--namespace or the profile's namespace; an author
+    token of it).
+
+    Locally, TARGET is a .py file, a package directory, an importable module or an installed
     distribution. Each capability is validated, logged to MLflow as a pyfunc model
     (code, artifacts, pinned requirements, signature), registered as a new version of
     the model `namespace.name` with its aliases, and recorded in the registry; if a
     step fails, what earlier steps made is removed. Run it where the node's store and
-    MLflow are reachable (the node's machine, on embedded defaults). Examples:
+    MLflow are reachable (the node's machine, on embedded defaults).
 
     With --bentoml, TARGET is a BentoML service instead: each API becomes a capability
     (schemas from the API signatures, description from its docstring) bound to the
     `bentoml` runtime, recorded in the registry; the service's code stays where it is.
 
+    Examples:
+
     \b
+        yunnao publish ./my-plugin --url https://node.example --token $TOKEN \\
+            --namespace sd.qd.env                    # upload to a node
+        yunnao publish dist/noise-1.0.0.bento        # an exported Bento, to the profile's node
         yunnao publish yunnao-example-traffic        # an installed distribution
         yunnao publish ./my_plugin.py --namespace local.env
         yunnao publish --bentoml service:NoiseService --working-dir examples/bento \\

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import click
@@ -124,6 +125,14 @@ def serve(
             # Long polls (the cascade feed) answer at once instead of holding up the stop.
             app.state.stopping.set()
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            # What the node loaded and made at startup lives as long as it does: out of
+            # the cyclic collector's sight, whose full passes over it (about a million
+            # objects) stalled every call in flight for 0.2-0.3 s under load.
+            gc.collect()
+            gc.freeze()
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=False)
     NodeServer(config).run()

@@ -1,6 +1,6 @@
 """The ``bentoml`` runtime: capability versions served by BentoML 1.4 services.
 
-A version's binding (``runtime.config``) names the service in one of two ways:
+A version's binding (``runtime.config``) names the service in one of three ways:
 
 - ``url``: adopt a BentoML service someone else runs, e.g. ``"http://127.0.0.1:3000"``.
 - ``service``: ``"module:ServiceClass"`` as ``bentoml serve`` accepts it, with an optional
@@ -8,6 +8,9 @@ A version's binding (``runtime.config``) names the service in one of two ways:
   ``bentoml serve <service> --host 127.0.0.1 --port <free port>`` itself, once for all
   the versions bound to the same service and working directory, and starts it again
   (with back-off) whenever it dies, so service resumes without an operator.
+- ``bento``: the SHA-256 of a Bento an author uploaded to the version's namespace (the
+  only form an author may set): the node serves it inside the bubblewrap sandbox, over
+  a Unix socket (``sandboxed.py``; see docs/security.md "The sandbox").
 
 and ``api`` names the service API (default: the capability name with ``-`` replaced by
 ``_``). Deploying asks the service for its ``/schema.json`` to find the API's route, so
@@ -47,6 +50,10 @@ The package's modules, by the OS process each runs in:
   read for a failed call's exception.
 - ``services.py`` (the process that publishes, e.g. ``yunnao publish --bentoml``): a
   BentoML service's APIs read as capability specs.
+- ``sandboxed.py`` (node): uploaded Bentos, each served by BentoML's HTTP worker inside
+  the sandbox, called over a Unix socket whose listening end the node passes in.
+- ``inspector.py`` (inside the sandbox, at upload): an uploaded Bento's APIs read as
+  capability specs, as a JSON report for the node.
 """
 
 from .runtime import BentoMLRuntime

@@ -1,6 +1,8 @@
 """The ``bentoml`` adapter, :class:`BentoMLRuntime` (in the node process): runs
 capability versions on BentoML services it adopts by URL or starts itself with
-``bentoml serve``, which it restarts when they die (see the package documentation)."""
+``bentoml serve``, which it restarts when they die (see the package documentation);
+versions bound to an uploaded Bento go to :class:`~.sandboxed.UploadedBentos`, which
+serves them in the sandbox."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from .process import (
     marked_processes,
     signal_group,
 )
+from .sandboxed import UploadedBentos, route_of, serves
 from .settings import BentoMLSettings
 
 log = logging.getLogger("yunnao.runtimes.bentoml")
@@ -75,6 +78,12 @@ class BentoMLRuntime:
         self._services: dict[str, Service] = {}
         self._routes: dict[str, _Route] = {}  # target id -> where it is served
         self._closed = False
+        self._bentos = UploadedBentos(
+            context.data_dir,
+            start_timeout=self.start_timeout,
+            stop_timeout=self.stop_timeout,
+            retry_after=self.retry_after,
+        )
 
     # ------------------------------------------------------------ protocol
 
@@ -83,6 +92,8 @@ class BentoMLRuntime:
         if self._closed:
             raise RuntimeDown("the bentoml runtime is shut down", retry_after=self.retry_after)
         binding = parse_binding(target)
+        if binding.bento is not None:
+            return await self._bentos.deploy(target)
         svc = self._services.get(binding.key)
         known = self._routes.get(target.id)
         if svc is not None and known is not None and known.service == binding.key and svc.alive:
@@ -103,6 +114,7 @@ class BentoMLRuntime:
 
     async def undeploy(self, target: Target) -> None:
         """Forget the target; stop a started service that no target uses any more."""
+        await self._bentos.undeploy(target)
         route = self._routes.pop(target.id, None)
         if route is None:
             return
@@ -115,6 +127,9 @@ class BentoMLRuntime:
 
     async def invoke(self, target: Target, inputs: dict[str, Any], *, timeout: float) -> Any:
         """POST ``inputs`` to the target's API and return its JSON (or text) answer."""
+        if serves(target):
+            resp, bento = await self._bentos.post(target, inputs, timeout=timeout)
+            return await self._answer(bento, target, resp)
         route = self._routes.get(target.id)
         if route is None:
             await self.deploy(target)
@@ -149,10 +164,11 @@ class BentoMLRuntime:
 
     async def health(self) -> RuntimeHealth:
         """Healthy when every adopted or started service answers ``/readyz``."""
-        if not self._services:
+        if not self._services and not self._bentos.describe():
             return RuntimeHealth(True, "no BentoML services in use")
         services = list(self._services.values())
         problems = [p for p in await asyncio.gather(*map(self._probe, services)) if p]
+        problems += await self._bentos.health()
         if problems:
             return RuntimeHealth(False, "; ".join(problems))
         return RuntimeHealth(True, f"{len(services)} BentoML service(s) ready")
@@ -180,11 +196,13 @@ class BentoMLRuntime:
                     "targets": sorted(svc.targets),
                 }
             )
-        return {"type": self.type, "services": sorted(services, key=lambda s: str(s["url"]))}
+        services.sort(key=lambda s: str(s["url"]))
+        return {"type": self.type, "services": services, "bentos": self._bentos.describe()}
 
     async def close(self) -> None:
         """Stop the services started here and close the HTTP client."""
         self._closed = True
+        await self._bentos.close()
         for svc in list(self._services.values()):
             await self._drop(svc)
         self._routes.clear()
@@ -418,31 +436,8 @@ class BentoMLRuntime:
 
     async def _resolve_route(self, svc: Service, api: str, target: Target) -> str:
         """The API's route from the service's ``/schema.json``."""
-        try:
-            resp = await self._client.get(f"{svc.url}/schema.json", timeout=10)
-        except httpx.HTTPError as exc:
-            raise RuntimeDown(
-                f"{target.id}: BentoML service at {svc.url}: {type(exc).__name__}: {exc}",
-                retry_after=self.retry_after,
-            ) from None
-        if resp.status_code != 200:
-            raise NotDeployable(
-                f"{target.id}: {svc.url}/schema.json answered {resp.status_code}: "
-                "not a BentoML 1.2+ service?"
-            )
-        routes = {r.get("name"): r for r in resp.json().get("routes", [])}
-        route = routes.get(api)
-        if route is None:
-            raise NotDeployable(
-                f"{target.id}: the BentoML service at {svc.url} has no API {api!r} "
-                f"(it has {', '.join(sorted(map(str, routes))) or 'none'}); "
-                "set the binding's `api`"
-            )
-        if route.get("is_task"):
-            raise NotDeployable(f"{target.id}: BentoML API {api!r} is a task: not supported")
-        if route.get("output", {}).get("is_stream"):
-            raise NotDeployable(f"{target.id}: BentoML API {api!r} streams: not supported")
-        return str(route.get("route") or f"/{api}")
+        assert svc.url is not None
+        return await route_of(self._client, svc.url, api, target.id, self.retry_after)
 
     async def _answer(self, svc: Service, target: Target, resp: httpx.Response) -> Any:
         ctype = resp.headers.get("content-type", "")

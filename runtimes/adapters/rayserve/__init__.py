@@ -54,7 +54,16 @@ every key optional:
 Binding configuration (a version's ``runtime.config``), every key optional:
 ``num_replicas`` (default 1), ``autoscaling`` (Serve's ``autoscaling_config``; not with
 ``num_replicas``), ``num_cpus`` (per replica, default 0.5), ``num_gpus`` (default 0)
-and ``max_ongoing_requests`` (Serve's default when absent).
+and ``max_ongoing_requests`` (Serve's default when absent); and ``trusted`` (an
+operator's key only, see ``yunnao.registry.bindings``): without it the model of an
+uploaded package is NotDeployable, since replicas run as the node's user outside any
+sandbox. A trusted uploaded model's replicas start on its package's environment
+(``runtime_env`` ``py_executable``: that environment's Python, which sees the node's
+packages behind its own) — built by the node from its pinned index, never installed
+into the node, and on no network at deploy time. Ray's ``pip`` runtime env would
+instead clone the node's whole virtual environment per package and resolve again
+without the node's pins; the environment lives on the node's disk, so this needs
+``model_source: "download"`` (a cluster on the node's machine).
 
 The driver process inherits the node's environment and logs to
 ``<data_dir>/rayserve/driver.log``. Ray 2.60's token authentication follows Ray's own

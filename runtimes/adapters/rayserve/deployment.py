@@ -14,7 +14,7 @@ from yunnao.plugins.errors import NotDeployable, YunnaoError
 from ..base import Target
 
 BINDING_KEYS = frozenset(
-    {"num_replicas", "autoscaling", "num_cpus", "num_gpus", "max_ongoing_requests"}
+    {"num_replicas", "autoscaling", "num_cpus", "num_gpus", "max_ongoing_requests", "trusted"}
 )
 
 
@@ -22,10 +22,18 @@ class CapabilityReplica:
     """The Serve deployment class of one capability version. Its module is imported by
     reference in Ray workers, so it must stay importable without Ray."""
 
-    def __init__(self, model: str, tracking_uri: str | None, registry_uri: str | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        tracking_uri: str | None,
+        registry_uri: str | None,
+        allow_uploaded: bool = False,
+    ) -> None:
         from yunnao.runtimes.adapters.loading import load_runnable
 
-        self._runnable = load_runnable(model, tracking_uri, registry_uri)
+        self._runnable = load_runnable(
+            model, tracking_uri, registry_uri, allow_uploaded=allow_uploaded
+        )
 
     def run(self, inputs: dict[str, Any]) -> Any:
         """Handle calls: the capability's JSON output for JSON ``inputs``."""
@@ -73,6 +81,7 @@ def deployment_options(target: Target) -> dict[str, Any]:
             raise NotDeployable(f"{target.id}: {key} must be an integer >= 1, not {value!r}")
         return value
 
+    trusted(target)
     actor = {"num_cpus": number("num_cpus", 0.5), "num_gpus": number("num_gpus", 0)}
     options: dict[str, Any] = {"ray_actor_options": actor}
     if "autoscaling" in config:
@@ -86,3 +95,13 @@ def deployment_options(target: Target) -> dict[str, Any]:
     if "max_ongoing_requests" in config:
         options["max_ongoing_requests"] = count("max_ongoing_requests")
     return options
+
+
+def trusted(target: Target) -> bool:
+    """The binding's ``trusted``: whether the node's operators let an uploaded package's
+    model run on Ray Serve (its workers run as the node's user, outside any sandbox).
+    Never an author's to set (``yunnao.registry.bindings``)."""
+    value = target.config.get("trusted", False)
+    if not isinstance(value, bool):
+        raise NotDeployable(f"{target.id}: rayserve binding `trusted` must be true or false")
+    return value

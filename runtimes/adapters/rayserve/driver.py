@@ -223,7 +223,7 @@ class _DriverProcess:
 
         deployment = serve.deployment(name=app["deployment"])(CapabilityReplica)
         bound = deployment.options(**app["options"]).bind(
-            app["model"], app["tracking_uri"], app["registry_uri"]
+            app["model"], app["tracking_uri"], app["registry_uri"], app.get("allow_uploaded", False)
         )
         return serve.RunTarget(bound, name=app["slug"], route_prefix=f"/{app['slug']}")
 

@@ -20,10 +20,12 @@ import anyio
 import anyio.to_thread
 
 from yunnao.plugins.errors import CapabilityError, InvocationTimeout, NotDeployable, RuntimeDown
+from yunnao.registry.packages.environments import Environments
 
 from ..base import RuntimeContext, RuntimeHealth, Target, free_port
+from ..loading import download_model, refuse_uploaded, uploaded_of
 from .connection import DriverConnection
-from .deployment import deployment_options
+from .deployment import deployment_options, trusted
 from .protocol import HEALTH_WAIT, reachable
 from .settings import MODEL_SOURCES, RayServeSettings
 
@@ -39,6 +41,7 @@ class _App:
     model: str  # a local directory or a models:/ URI
     options: dict[str, Any]  # Serve deployment options
     spec: str  # hash of what the replicas run; part of the deployment name
+    allow_uploaded: bool = False  # an uploaded package's model, bound `trusted`
 
     def wire(self, context: RuntimeContext) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class _App:
             "tracking_uri": context.tracking_uri,
             "registry_uri": context.registry_uri,
             "options": self.options,
+            "allow_uploaded": self.allow_uploaded,
         }
 
 
@@ -284,12 +288,12 @@ class RayServeRuntime:
     async def _deploy(self, target: Target) -> None:
         options = deployment_options(target)
         model = await self._model(target)
+        allow = await self._uploaded(target, model, options)
         # Replicas run the model version, whichever directory holds its files.
-        what = [target.model_uri, self.model_source, options, target.content_hash]
+        what = [target.model_uri, self.model_source, options, target.content_hash, allow]
         spec = json.dumps(what, sort_keys=True, default=str)
-        app = _App(
-            target.slug, target.id, model, options, hashlib.sha256(spec.encode()).hexdigest()[:12]
-        )
+        digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
+        app = _App(target.slug, target.id, model, options, digest, allow)
         driver = await self._connected(None)
         if self._ready.get(app.slug) == app.spec:
             self._apps[app.slug] = app
@@ -317,6 +321,41 @@ class RayServeRuntime:
                 self._ready[app.slug] = app.spec
         return results
 
+    async def _uploaded(self, target: Target, model: str, options: dict[str, Any]) -> bool:
+        """Whether ``target`` runs an uploaded package's model: refused (NotDeployable)
+        unless its operators bound it ``trusted``; then its replicas run on the
+        package's environment (``runtime_env`` ``py_executable``, added to ``options``)."""
+        local = model
+        if model.startswith("models:/"):  # model_source "registry": look at its files
+            assert self.context.tracking_uri is not None
+            local = await anyio.to_thread.run_sync(
+                download_model, model, self.context.tracking_uri, self.context.registry_uri
+            )
+        marker = await anyio.to_thread.run_sync(uploaded_of, local)
+        if marker is None:
+            return False
+        if not trusted(target):
+            refuse_uploaded(target.id, marker, "on Ray Serve (as the node's user) untrusted")
+        if model.startswith("models:/"):
+            raise NotDeployable(
+                f"{target.id} is an uploaded package's model, whose environment is on this "
+                'node\'s machine: Ray Serve runs it with model_source "download" only'
+            )
+        envs = self.context.data_dir.resolve() / "packages" / "envs"
+        try:
+            env = Environments(envs, index_url="").get(marker["environment"])
+        except ValueError:
+            env = None
+        if env is None:
+            raise NotDeployable(
+                f"{target.id}: its package environment {marker['environment'][:12]} is not "
+                "built at this node (publish the package again)"
+            )
+        if env.installed:  # an environment adding nothing needs no interpreter of its own
+            actor = options["ray_actor_options"]
+            actor["runtime_env"] = {"py_executable": str(env.python)}
+        return True
+
     async def _model(self, target: Target) -> str:
         """What replicas load: the model's files downloaded by this node, or its URI."""
         uri = target.model_uri
@@ -331,8 +370,6 @@ class RayServeRuntime:
         key = hashlib.sha256(uri.encode()).hexdigest()[:12]
         local = self.root / "models" / f"{target.slug}-{key}"
         if not local.is_dir():
-            from ..loading import download_model
-
             fetched = await anyio.to_thread.run_sync(
                 download_model, uri, self.context.tracking_uri, self.context.registry_uri
             )

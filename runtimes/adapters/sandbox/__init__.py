@@ -34,6 +34,7 @@ The package's modules, by the OS process each runs in:
   deployments, workers per version, restarts with backoff.
 - ``settings.py`` (node): :class:`SandboxSettings`.
 - ``binding.py`` (node): a version's binding read as its workers' limits.
+- ``status.py`` (node): the sandbox's state for ``/readyz`` and the operator page.
 - ``process.py`` (node): :class:`WorkerProcess`, the node's end of one worker.
 - ``protocol.py`` (both): the messages between them.
 - ``worker.py`` (inside the sandbox): the worker, run as ``python -m

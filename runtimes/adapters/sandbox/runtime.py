@@ -233,15 +233,6 @@ class SandboxRuntime:
             )
         if self.context.tracking_uri is None:
             raise NotDeployable(f"{target.id}: this node has no MLflow to load it from")
-        python, paths = sys.executable, ()
-        if binding.environment is not None:
-            env = Environments(self.envs_dir, index_url="").get(binding.environment)
-            if env is None:
-                raise NotDeployable(
-                    f"{target.id}: its package environment {binding.environment[:12]} is "
-                    "not built at this node (publish the package again)"
-                )
-            python, paths = str(env.python), (env.path,)
         box = sandbox.Sandbox(
             key=self.sandbox_key(target),
             network=binding.network,
@@ -249,6 +240,11 @@ class SandboxRuntime:
             env=(("PYTHONUNBUFFERED", "1"),),
         )
         model_dir = await asyncio.to_thread(self._fetch, target, box.uid)
+        try:
+            python, paths = self._environment(target, binding, model_dir)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, model_dir, True)
+            raise
         box = sandbox.Sandbox(
             key=box.key,
             read_only=(model_dir, *paths),
@@ -257,6 +253,38 @@ class SandboxRuntime:
             env=box.env,
         )
         return Deployment(target, binding, model_dir, box, python)
+
+    def _environment(
+        self, target: Target, binding: Binding, model_dir: Path
+    ) -> tuple[str, tuple[Path, ...]]:
+        """The interpreter the workers run and the environment they see: the one the
+        node wrote into the model's own metadata when it published the uploaded package
+        (the binding's ``environment``, which its author may set, only for models
+        without one, and refused where it names another)."""
+        from ..loading import uploaded_of
+
+        marker = uploaded_of(model_dir)
+        key = binding.environment
+        if marker is not None:
+            if key is not None and key != marker["environment"]:
+                raise NotDeployable(
+                    f"{target.id}: its binding names environment {key[:12]}, but its model "
+                    f"was published on environment {marker['environment'][:12]}; remove "
+                    "`environment` from the binding (the model's own is used)"
+                )
+            key = marker["environment"]
+        if not key:
+            return sys.executable, ()
+        try:
+            env = Environments(self.envs_dir, index_url="").get(key)
+        except ValueError:
+            env = None  # not a key at all
+        if env is None:
+            raise NotDeployable(
+                f"{target.id}: its package environment {key[:12]} is not built at this "
+                "node (publish the package again)"
+            )
+        return str(env.python), (env.path,)
 
     def _fetch(self, target: Target, uid: int) -> Path:
         """Copy the version's model files to ``<data_dir>/sandbox/models/<slug>``, made

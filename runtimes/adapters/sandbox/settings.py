@@ -32,7 +32,8 @@ class SandboxSettings(RuntimeSettings):
     workers_per_version: int = Field(1, ge=1, le=64)
     """Worker processes of one version (a binding may ask fewer)."""
     threads: int = Field(4, ge=1, le=64)
-    """Calls one worker runs at once (its thread pool); further calls wait in it."""
+    """Calls one worker runs at once (its threads, which take turns reading the socket);
+    further calls wait in the socket."""
     start_timeout: float = Field(60, gt=0)
     """Seconds a worker may take to load its model and say it is ready."""
     restart_backoff: float = Field(0.5, ge=0)

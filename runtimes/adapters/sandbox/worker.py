@@ -5,21 +5,21 @@ Run as ``python -m yunnao.runtimes.adapters.sandbox.worker --fd N --model DIR
 [--threads K]``: ``N`` is the worker's end of the node's socket pair (inherited), ``DIR``
 the model files the node downloaded (read-only in the sandbox). It loads the model with
 :func:`~yunnao.runtimes.adapters.loading.load_runnable`, says it is ready (or sends the
-traceback of the failure and exits 1), then reads requests and runs each on a pool of
-``K`` threads, answering in any order (see ``protocol.py``). It exits when the node
-closes the connection. Nothing here trusts the node to stop it gently: the node kills
-the whole sandbox when a call overruns its timeout.
+traceback of the failure and exits 1), then serves calls on ``K`` threads, answering in
+any order (see ``protocol.py``). It exits when the node closes the connection. Nothing
+here trusts the node to stop it gently: the node kills the whole sandbox when a call
+overruns its timeout.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 import sys
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .protocol import BadMessage, frame, read_message
@@ -66,42 +66,65 @@ def answer(runnable: Any, request: dict[str, Any]) -> dict[str, Any]:
         return {"id": rid, "error": "capability", "detail": detail[:_DETAIL_CHARS]}
 
 
-def start_pool(threads: int) -> ThreadPoolExecutor:
-    """The pool calls run on, every thread started: capability code may later use up
-    the processes this sandbox's user may have (threads count, in every worker of the
-    version), and the pool must not need a new thread then. Done before the handshake,
-    so no call of any worker of the version runs before it."""
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="yunnao-sandbox")
-    started = threading.Barrier(threads + 1)
-    for _ in range(threads):
-        pool.submit(started.wait)
-    started.wait()
-    return pool
+class Server:
+    """``threads`` threads that take turns reading the connection (leader and
+    followers): the one that reads a request runs it and sends its answer while the
+    next free one reads, so a call never waits for a hand-over between threads (each
+    wakes another process or thread: the largest part of a short call's cost). While
+    every thread is running a call, further requests wait in the socket."""
 
+    def __init__(self, conn: Connection, runnable: Any, threads: int) -> None:
+        self.conn, self.runnable = conn, runnable
+        self._reading = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._serve, name=f"yunnao-sandbox_{i}", daemon=True)
+            for i in range(threads)
+        ]
 
-def serve(conn: Connection, runnable: Any, pool: ThreadPoolExecutor) -> None:
-    """Read requests until the node closes the connection; run each on the pool."""
+    def start(self) -> None:
+        """Start every thread: capability code may later use up the processes this
+        sandbox's user may have (threads count, in every worker of the version), and the
+        worker must not need a new thread then. Done before the handshake, so no call
+        of any worker of the version runs before it. The threads wait for their turn to
+        read until :meth:`serve` lets them."""
+        self._reading.acquire()
+        for thread in self.threads:
+            thread.start()
 
-    def run(request: dict[str, Any]) -> None:
-        reply = answer(runnable, request)
-        try:
-            conn.send(reply)
-        except OSError:
-            os._exit(0)  # the node is gone
-        except Exception as exc:  # could not encode: tell the node
-            detail = f"the answer could not be sent: {type(exc).__name__}: {exc}"
-            conn.send({"id": reply.get("id"), "error": "capability", "detail": detail})
+    def serve(self) -> None:
+        """Let the threads read requests, until the node closes the connection (then
+        the process leaves without waiting for calls still running)."""
+        self._reading.release()
+        for thread in self.threads:
+            thread.join()
 
-    while True:
-        try:
-            request = read_message(conn.stream)
-        except (OSError, BadMessage):
-            request = None
+    def _next(self) -> dict[str, Any]:
+        with self._reading:
+            try:
+                request = read_message(self.conn.stream)
+            except (OSError, BadMessage):
+                request = None
         if request is None:
-            break
-        pool.submit(run, request)
-    # The node hung up: leave without waiting for calls still running.
-    os._exit(0)
+            os._exit(0)  # the node hung up (or broke the protocol)
+        return request
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                reply = answer(self.runnable, self._next())
+                try:
+                    self.conn.send(reply)
+                except OSError:
+                    os._exit(0)  # the node is gone
+                except Exception as exc:  # could not encode: tell the node
+                    detail = f"the answer could not be sent: {type(exc).__name__}: {exc}"
+                    self.conn.send({"id": reply.get("id"), "error": "capability", "detail": detail})
+        except BaseException:
+            # Reading or answering failed (out of memory, say): die rather than linger,
+            # deaf to the node; the node replaces the worker.
+            traceback.print_exc()
+            sys.stdout.flush()
+            os._exit(70)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,20 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ..loading import load_runnable
 
-        runnable = load_runnable(args.model)
-        pool = start_pool(max(1, args.threads))
+        runnable = load_runnable(args.model, allow_uploaded=True)  # in the sandbox
+        server = Server(conn, runnable, max(1, args.threads))
+        server.start()
+        # What loading made (MLflow, pydantic, the model: hundreds of thousands of
+        # objects) lives as long as the worker: kept out of the cyclic collector's full
+        # passes, each of which would stall every call in flight (0.2-0.3 s in the node,
+        # over its startup's objects, before the node froze them too).
+        gc.collect()
+        gc.freeze()
     except BaseException:
         conn.send({"ready": False, "error": traceback.format_exc()[-_TRACEBACK_CHARS:]})
         return 1
     conn.send({"ready": True, "pid": os.getpid()})
-    try:
-        serve(conn, runnable, pool)
-    except BaseException:
-        # The reading thread failed (out of memory, say): die rather than linger with
-        # the pool's threads, deaf to the node; the node replaces the worker.
-        traceback.print_exc()
-        sys.stdout.flush()
-        os._exit(70)
+    server.serve()
     return 0
 
 

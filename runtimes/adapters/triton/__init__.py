@@ -24,7 +24,11 @@ A version's binding (``runtime.config``) picks one of two modes:
   Triton never talks to MLflow). Keys: ``instances`` (instance count, default 1), and
   ``gpus`` (a GPU count, or a list of GPU ids) or ``kind: "gpu"`` for ``KIND_GPU``
   instances (default ``KIND_CPU``). The call's JSON input travels as the UTF-8 bytes
-  of one ``UINT8`` tensor ``INPUT_JSON`` and the answer as ``OUTPUT_JSON``.
+  of one ``UINT8`` tensor ``INPUT_JSON`` and the answer as ``OUTPUT_JSON``. The model
+  of an uploaded package is NotDeployable unless its binding has ``trusted: true``,
+  which only the node's operators may set (the stub runs as the node's user, outside
+  any sandbox); a trusted one's ``model.py`` puts the package's environment (its
+  ``site-packages`` under ``<data_dir>/packages/envs/<key>``) first on the stub's path.
 - passthrough: ``model`` names a model already in Triton's repository (ONNX, a
   hand-written Python model...), which the node only loads, never writes. Each
   ``x-tensor`` field of the input schema is sent as the V2 input of that name and

@@ -12,7 +12,7 @@ from yunnao.plugins.errors import NotDeployable
 from ..base import Target
 from .repository import wrapper_config
 
-BINDING_KEYS = frozenset({"model", "instances", "gpus", "kind"})
+BINDING_KEYS = frozenset({"model", "instances", "gpus", "kind", "trusted"})
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,15 @@ def deployment_of(target: Target) -> Deployment:
             f"{target.id}: unknown triton binding keys {sorted(unknown)}; "
             f"known: {sorted(BINDING_KEYS)}"
         )
+    if not isinstance(target.config.get("trusted", False), bool):
+        raise NotDeployable(f"{target.id}: triton binding `trusted` must be true or false")
     model = target.config.get("model")
     if model is None:
         wrapper_config(target)  # refuses a bad instances/gpus/kind before any download
         return Deployment(target, target.slug, passthrough=False)
     if not isinstance(model, str) or not model or "/" in model:
         raise NotDeployable(f"{target.id}: triton binding `model` must be a model name")
-    extra = sorted(set(target.config) - {"model"})
+    extra = sorted(set(target.config) - {"model", "trusted"})
     if extra:
         raise NotDeployable(
             f"{target.id}: {extra} apply to wrapper entries only; the config.pbtxt of "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,11 @@ import os
 import site
 import sys
 
-# The stub runs the system Python and ignores PYTHONPATH: the node's site-packages go
-# first, .pth files included (an editable install of yunnao is found through one).
+# The stub runs the system Python and ignores PYTHONPATH: an uploaded package's
+# environment, then the node's site-packages go first, .pth files included (an editable
+# install of yunnao is found through one).
 _system_path = list(sys.path)
-for _dir in {site_dirs!r}:
+for _dir in {env_dirs!r} + {site_dirs!r}:
     site.addsitedir(_dir)
 sys.path[:] = [p for p in sys.path if p not in _system_path] + _system_path
 
@@ -42,6 +43,7 @@ from yunnao.runtimes.adapters.triton.stub import StubModel  # noqa: E402
 
 class TritonPythonModel(StubModel):
     model_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), {capability_dir!r})
+    allow_uploaded = {allow_uploaded!r}
 '''
 
 
@@ -106,10 +108,20 @@ def entry_is_current(repository: Path, target: Target) -> bool:
         return False
 
 
-def write_wrapper_entry(repository: Path, target: Target, model_files: Path) -> Path:
+def write_wrapper_entry(
+    repository: Path,
+    target: Target,
+    model_files: Path,
+    *,
+    env_dirs: Sequence[str] = (),
+    allow_uploaded: bool = False,
+) -> Path:
     """Write ``target``'s wrapper entry into ``repository`` from its downloaded pyfunc model
     files: ``config.pbtxt`` and ``1/model.py`` with the files in ``1/capability``. The
-    entry appears whole (built aside, then renamed into place); its directory."""
+    entry appears whole (built aside, then renamed into place); its directory.
+    ``env_dirs``: an uploaded package's environment (its site-packages), put on the
+    stub's path ahead of the node's; ``allow_uploaded``: the stub may load such a model
+    (its binding is ``trusted``)."""
     config = wrapper_config(target)
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.slug}.", dir=repository))
@@ -119,7 +131,11 @@ def write_wrapper_entry(repository: Path, target: Target, model_files: Path) -> 
         shutil.copytree(model_files, version / CAPABILITY_DIR)
         (version / "model.py").write_text(
             _MODEL_PY.format(
-                target_id=target.id, site_dirs=stub_site_dirs(), capability_dir=CAPABILITY_DIR
+                target_id=target.id,
+                env_dirs=list(env_dirs),
+                site_dirs=stub_site_dirs(),
+                capability_dir=CAPABILITY_DIR,
+                allow_uploaded=bool(allow_uploaded),
             ),
             encoding="utf-8",
         )

@@ -340,14 +340,50 @@ class TritonRuntime:
         await self._load(dep)
 
     def _write_entry(self, target: Target) -> None:
-        from ..loading import download_model
+        from ..loading import download_model, refuse_uploaded, uploaded_of
 
         assert self.repository is not None and target.model_uri is not None
         assert self.context.tracking_uri is not None
         files = download_model(
             target.model_uri, self.context.tracking_uri, self.context.registry_uri
         )
-        write_wrapper_entry(self.repository, target, Path(files))
+        marker = uploaded_of(files)
+        env_dirs: list[str] = []
+        if marker is not None:
+            # Triton's stub runs as the node's user: only an operator's `trusted` lets
+            # an uploaded package's code run there, on its own environment.
+            if target.config.get("trusted") is not True:
+                refuse_uploaded(
+                    target.id, marker, "in Triton's stub (as the node's user) untrusted"
+                )
+            env_dirs = self._environment_dirs(target, marker["environment"])
+        write_wrapper_entry(
+            self.repository,
+            target,
+            Path(files),
+            env_dirs=env_dirs,
+            allow_uploaded=marker is not None,
+        )
+
+    def _environment_dirs(self, target: Target, key: str) -> list[str]:
+        """The site-packages of the uploaded package's environment ``key``."""
+        import sysconfig
+
+        from yunnao.registry.packages.environments import Environments
+
+        envs = self.context.data_dir.resolve() / "packages" / "envs"
+        try:
+            env = Environments(envs, index_url="").get(key)
+        except ValueError:
+            env = None
+        if env is None:
+            raise NotDeployable(
+                f"{target.id}: its package environment {key[:12]} is not built at this "
+                "node (publish the package again)"
+            )
+        base = {"base": str(env.path), "platbase": str(env.path)}
+        dirs = [sysconfig.get_path(k, vars=base) for k in ("purelib", "platlib")]
+        return list(dict.fromkeys(dirs))
 
     async def _reload(self, dep: Deployment) -> None:
         """Load ``dep`` again (rewriting a wrapper entry that went missing), once for all

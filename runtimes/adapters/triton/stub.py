@@ -34,12 +34,13 @@ class StubModel:
     JSON output out; an exception becomes that request's error, with its message."""
 
     model_dir: str
+    allow_uploaded = False  # True only in entries of uploaded models bound `trusted`
 
     def initialize(self, args: dict[str, str]) -> None:
         from yunnao.runtimes.adapters.loading import load_runnable
 
         sys.unraisablehook = _quiet_consumed_capsules(sys.unraisablehook)
-        self.run = load_runnable(self.model_dir)
+        self.run = load_runnable(self.model_dir, allow_uploaded=self.allow_uploaded)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils  # only exists inside the stub
