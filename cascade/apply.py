@@ -280,6 +280,9 @@ class Applier:
         if hex_key is None:
             outcome.rejected.append((f"no registered key for origin {origin}", item))
             return None
+        if entity == "node" and key == origin and item["entry"]["public_key"] != hex_key:
+            outcome.rejected.append((f"node {origin} may name itself but not re-key itself", item))
+            return None
         if not verify(self._key(hex_key), signed_part(item), item["signature"]):
             outcome.rejected.append((f"signature is not {origin}'s", item))
             return None
@@ -324,13 +327,11 @@ class Applier:
         """Write the accepted items of one page. Replication is state-based, so only the
         last item of each entry in the page is written (all are logged, in order);
         capabilities and versions go in a few batched statements."""
-        last = {(item["entity"], item["key"]): i for i, item in enumerate(accepted)}
+        last = {_slot(item): i for i, item in enumerate(accepted)}
         deleted = {
             item["key"]
             for i, item in enumerate(accepted)
-            if item["entity"] == "capability"
-            and item["op"] == "delete"
-            and last[("capability", item["key"])] == i
+            if item["entity"] == "capability" and item["op"] == "delete" and last[_slot(item)] == i
         }
         caps: list[tuple[dict[str, Any], datetime]] = []
         versions: list[tuple[dict[str, Any], datetime]] = []
@@ -342,13 +343,13 @@ class Applier:
                 outcome.skipped += 1  # its capability is deleted later in this page
                 continue
             logged.append(item)
-            if last[(entity, item["key"])] != i:
+            if last[_slot(item)] != i:
                 continue  # a later item in this page carries the newer state
             at = datetime.fromisoformat(item["at"]) if _aware(item["at"]) else utcnow()
             if entity == "node":
-                replica.put_node(s, entry)
+                replica.put_node(s, entry, self_named=item["origin"] == entry["id"])
             elif entity == "namespace":
-                replica.put_namespace(s, entry["id"], item["origin"], entry.get("title", ""))
+                replica.put_namespace(s, entry["id"], item["origin"], entry)
             elif entity == "capability" and item["op"] == "delete":
                 replica.delete_capability(s, entry["namespace"], entry["name"], at=at)
             elif entity == "capability":
@@ -413,3 +414,11 @@ def _aware(text: str) -> bool:
         return datetime.fromisoformat(text).tzinfo is not None
     except ValueError:
         return False
+
+
+def _slot(item: dict[str, Any]) -> tuple[str, str, bool]:
+    """What a later item of the same page supersedes: the same entry, except that a
+    node's naming of itself (its titles) and a node vouching for it (its key) are two
+    states, both written."""
+    entity, key = item["entity"], item["key"]
+    return entity, key, entity == "node" and item["origin"] == key

@@ -28,7 +28,14 @@ from yunnao.registry import schemas
 from yunnao.registry.db import read_session
 from yunnao.registry.hashing import content_hash
 from yunnao.registry.http import MAX_JSON_DEPTH
-from yunnao.registry.tables import CapabilityRow, CascadeState, Change, Namespace, VersionRow
+from yunnao.registry.tables import (
+    CapabilityRow,
+    CascadeState,
+    Change,
+    Namespace,
+    Node,
+    VersionRow,
+)
 
 from .policy import Reader, may_send, share_of, withdrawn
 from .signing import sign
@@ -211,10 +218,15 @@ class Feed:
         relayed_versions = [r for r in rows if r.item is not None and r.entity == "version"]
         caps = _capabilities(
             s,
-            [_cap_key(r.key) for r in [*local, *relayed_versions] if r.entity != "namespace"],
+            [
+                _cap_key(r.key)
+                for r in [*local, *relayed_versions]
+                if r.entity not in ("namespace", "node")
+            ],
         )
         versions = _versions(s, caps, [r.key for r in local if r.entity == "version"])
         spaces = _namespaces(s, [r.key for r in local if r.entity == "namespace"])
+        nodes = _nodes(s, [r.key for r in local if r.entity == "node"])
         early = _early_capability_rows(s, rows, latest)
         caps.update(_capabilities(s, [_cap_key(r.key) for r in early.values() if r.item is None]))
         out: list[tuple[int, dict[str, Any]]] = []
@@ -248,7 +260,7 @@ class Feed:
                 # first, so the receiver has the capability before its version. (The
                 # same item follows again at its own place, where it is a no-op.)
                 add(self._early(early, change, caps))
-            add((seq, self._local_item(change, caps, versions, spaces)))
+            add((seq, self._local_item(change, caps, versions, spaces, nodes)))
         return out
 
     def _early(
@@ -271,8 +283,9 @@ class Feed:
         caps: dict[tuple[str, str], CapabilityRow],
         versions: dict[str, VersionRow],
         spaces: dict[str, Namespace],
+        nodes: dict[str, Node] | None = None,
     ) -> dict[str, Any] | None:
-        entry, op = self._entry(change, caps, versions, spaces)
+        entry, op = self._entry(change, caps, versions, spaces, nodes or {})
         if entry is None:
             return None
         return make_item(
@@ -292,6 +305,7 @@ class Feed:
         caps: dict[tuple[str, str], CapabilityRow],
         versions: dict[str, VersionRow],
         spaces: dict[str, Namespace],
+        nodes: dict[str, Node],
     ) -> tuple[dict[str, Any] | None, str]:
         """The current state of what ``change`` changed and the op to send it as, or
         None when it must not (or need not) be sent."""
@@ -299,7 +313,21 @@ class Feed:
             ns = spaces.get(change.key)
             if ns is None:
                 return None, change.op
-            return {"id": ns.id, "node_id": ns.node_id, "title": ns.title}, "upsert"
+            entry = {"id": ns.id, "node_id": ns.node_id, "title": ns.title}
+            return {**entry, "title_en": ns.title_en}, "upsert"
+        if change.entity == "node":
+            # This node naming itself (registry/titles.py): its titles, with the key
+            # its parent already holds (a node never re-keys itself through its feed).
+            node = nodes.get(change.key)
+            if node is None or node.public_key is None or change.key != self.node_id:
+                return None, change.op
+            return {
+                "id": node.id,
+                "parent_id": node.parent_id,
+                "public_key": node.public_key,
+                "title": node.title,
+                "title_en": node.title_en,
+            }, "upsert"
         namespace, name = _cap_key(change.key)
         row = caps.get((namespace, name))
         if row is None:
@@ -419,6 +447,12 @@ def _versions(
                 cap = by_id[vrow.capability_id]
                 out[f"{cap.namespace}/{cap.name}@{vrow.version}"] = vrow
     return out
+
+
+def _nodes(s: Session, keys: list[str]) -> dict[str, Node]:
+    if not keys:
+        return {}
+    return {n.id: n for n in s.exec(select(Node).where(col(Node.id).in_(sorted(set(keys)))))}
 
 
 def _namespaces(s: Session, keys: list[str]) -> dict[str, Namespace]:

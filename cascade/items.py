@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from yunnao.registry import names, schemas
+from yunnao.registry.titles import Title
 
 NodeId = Annotated[str, StringConstraints(pattern=names.NODE_ID_RE.pattern)]
 Share = Literal["up", "all"]
@@ -21,13 +22,15 @@ class NodeEntry(_Entry):
     id: NodeId
     parent_id: NodeId | None = None
     public_key: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-    title: Annotated[str, StringConstraints(max_length=200)] = ""
+    title: Title = ""
+    title_en: Title = ""
 
 
 class NamespaceEntry(_Entry):
     id: Annotated[str, StringConstraints(pattern=names.NAMESPACE_RE.pattern)]
     node_id: NodeId
-    title: Annotated[str, StringConstraints(max_length=200)] = ""
+    title: Title = ""
+    title_en: Title = ""
 
 
 class Tombstone(_Entry):

@@ -114,6 +114,10 @@ def refusal(
         return f"origin {origin} is this node or below it: its entries are not the parent's", True
     if entity == "node":
         described = key
+        if described == origin and described != this_node:
+            # A node naming itself: only its titles are taken (the applier checks that
+            # the key is the one held for it already).
+            return None
         if described == this_node or described in linked:
             return "this node registered that key itself", False
         if relation == "parent" and in_subtree(described, this_node):

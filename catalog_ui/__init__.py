@@ -8,14 +8,15 @@ catalogs (:mod:`.i18n`), zh-CN by default with an English switch.
 
 from starlette.routing import BaseRoute
 
-from . import authoring, pages
+from . import authoring, naming, pages
 
-ACTIONS = {**pages.ACTIONS, **authoring.ACTIONS}
+ACTIONS = {**pages.ACTIONS, **authoring.ACTIONS, **naming.ACTIONS}
 
 
 def routes() -> list[BaseRoute]:
-    """The catalog's pages and the author's (:mod:`.authoring`)."""
-    return [*authoring.routes(), *pages.routes()]
+    """The catalog's pages, the author's (:mod:`.authoring`) and the operator's form
+    for names (:mod:`.naming`)."""
+    return [*authoring.routes(), *naming.routes(), *pages.routes()]
 
 
 __all__ = ["ACTIONS", "routes"]

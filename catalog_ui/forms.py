@@ -187,7 +187,7 @@ def parse(form: dict[str, str], controls: list[Field]) -> Any:
             errors.append(FieldError(where, f"not JSON: {raw[:80]!r}" if bad_json else exc.detail))
             continue
         except ValueError:  # also an integer of more digits than Python converts
-            what = f"an {f.control}"
+            what = "an integer" if f.control == "integer" else "a number"
             errors.append(FieldError(where, f"not {what}: {raw[:80]!r}"))
             continue
         if f.name == WHOLE:

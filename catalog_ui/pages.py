@@ -4,8 +4,6 @@ the HTTP API, as the signed-in identity (a session cookie holding a bearer token
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,9 +26,10 @@ from yunnao.registry.identity import tokens
 from yunnao.registry.identity.middleware import SESSION_COOKIE, identity_of
 from yunnao.runtimes.adapters.sandbox.status import sandbox_status
 from yunnao.runtimes.gateway import usage_stats
-from yunnao.runtimes.gateway.v2 import tensor_specs
+from yunnao.runtimes.gateway.v2 import tensor_specs, v2_callable
 
-from . import authors, charts, forms, i18n, sso, text
+from . import authors, charts, forms, i18n, snippets, sso, text, tryit
+from .names import Namer
 
 _HERE = Path(__file__).parent
 _env = Environment(
@@ -48,6 +47,7 @@ def _render(request: Request, template: str, status: int = 200, **context: Any) 
     lang = i18n.language(request)
     settings = request.app.state.settings
     identity: Identity = identity_of(request)
+    named = Namer.of(request, lang)
     html = _env.get_template(template).render(
         request=request,
         _=i18n.translator(lang),
@@ -55,7 +55,8 @@ def _render(request: Request, template: str, status: int = 200, **context: Any) 
         languages=i18n.LANGUAGES,
         identity=identity,
         node_id=settings.node_id,
-        node_title=settings.node_title or settings.node_id,
+        node_title=named.title(settings.node_id, settings.node_title),
+        named=named,
         dev_signin_active=dev_signin_enabled(settings),
         dev_signin=dev_signin_refusal(request) is None,
         may_operate=access.decide(
@@ -157,6 +158,7 @@ async def home(request: Request) -> Response:
         page = 1
     query = search.SearchQuery(q=q, filters=filters, page=page, per_page=PER_PAGE)
     result = await _run(store.search, identity_of(request), query)
+    summary_of = Namer(i18n.language(request)).summary
     params = [(k, v) for k, v in request.query_params.multi_items() if k in ("q", *FACETS) and v]
     pages = max(1, -(-result.total // PER_PAGE))
     facets = [
@@ -175,7 +177,7 @@ async def home(request: Request) -> Response:
         "home.html",
         q=q,
         items=[
-            (item, text.highlight(item.title, q), text.highlight(item.summary, q))
+            (item, text.highlight(item.title, q), text.highlight(summary_of(item), q))
             for item in result.items
         ],
         total=result.total,
@@ -229,7 +231,12 @@ async def capability(request: Request) -> Response:
         current = versions[0]
     _ = i18n.translator(i18n.language(request))
     example = current.examples[0].input if current and current.examples else None
-    tensors = tensor_specs(dict(current.input_schema)) if current else None
+    sample = example
+    if current and example is None:  # the snippets show an input that runs as copied
+        sample = snippets.sample_input(dict(current.input_schema))
+    anyone = snippets.anyone_may_call(cap, store.node_id)
+    v2 = current and v2_callable(dict(current.input_schema), dict(current.output_schema))
+    tensors = tensor_specs(dict(current.input_schema)) if current and v2 else None
     usage = None
     if identity.authenticated:
         usage = await _run(_usage, request, namespace, name)
@@ -258,13 +265,14 @@ async def capability(request: Request) -> Response:
         cap=cap,
         versions=versions,
         current=current,
-        description=text.markdown(cap.description),
+        description=text.markdown(Namer(i18n.language(request)).description(cap)),
         input_rows=forms.rows(current.input_schema) if current else [],
         output_rows=forms.rows(current.output_schema) if current else [],
         controls=forms.fields(current.input_schema, example) if current else [],
-        snippets=text.snippets(
-            str(request.base_url).rstrip("/"), namespace, name, example, tensors
+        snippets=snippets.snippets(
+            str(request.base_url).rstrip("/"), namespace, name, sample, tensors, anonymous=anyone
         ),
+        anyone=anyone,
         usage=usage,
         charts=charts_html,
         callable_=current is not None and current.status in ("published", "deprecated"),
@@ -274,48 +282,9 @@ async def capability(request: Request) -> Response:
 
 async def try_it(request: Request) -> Response:
     """The "try it" form, posted by htmx: invoke through the gateway as the visitor and
-    answer a fragment with the output, or the problem document."""
+    answer a fragment with the output, or the problem (:mod:`.tryit`)."""
     namespace, name = request.path_params["namespace"], request.path_params["name"]
-    identity = identity_of(request)
-    gateway = request.app.state.invoker.gateway
-    started = time.perf_counter()
-    outcome: dict[str, Any]
-    try:
-        _check_origin(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        answer = await gateway.call(
-            identity,
-            namespace,
-            name,
-            lambda call: forms.parse(form, forms.fields(dict(call.target.input_schema))),
-            timeout=request.app.state.invoker.default_timeout,
-            client=request.client.host if request.client else None,
-            request_id=request.state.request_id,
-        )
-        outcome = {
-            "ok": True,
-            "code": 200,
-            "body": json.dumps(answer.output, ensure_ascii=False, indent=2),
-            "version": answer.call.target.version,
-        }
-    except YunnaoError as exc:
-        problem = {
-            "type": f"https://yunnao.dev/problems/{exc.slug}",
-            "title": exc.title,
-            "status": exc.status,
-            "detail": exc.detail,
-        }
-        if exc.errors:
-            problem["errors"] = [e.as_dict() for e in exc.errors]
-        problem.update({k: v for k, v in exc.extra.items() if isinstance(v, str | int)})
-        outcome = {
-            "ok": False,
-            "code": exc.status,
-            "body": json.dumps(problem, ensure_ascii=False, indent=2),
-            "detail": exc.detail,
-        }
-    outcome["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    outcome["request_id"] = request.state.request_id
+    outcome = await tryit.outcome(request, _check_origin)
     # Always 200: the fragment shows the call's own status (htmx swaps only 2xx answers).
     if "hx-request" in request.headers:
         return _render(request, "_result.html", **outcome)

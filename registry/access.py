@@ -13,8 +13,10 @@ and department it belongs to. Roles, least to most:
 =========  ==============================================================
 consumer   discover and invoke
 auditor    discover; read the audit log (never invokes)
-author     consumer, plus publish and change entries of its scopes
-operator   consumer, plus rebind runtimes of its scopes; read node status
+author     consumer, plus publish and change entries of its scopes; title
+           its departments
+operator   consumer, plus rebind runtimes of its scopes; read node status;
+           title the node and its departments
 admin      everything in its scopes: grants (access rules), node links,
            API keys, audit log
 =========  ==============================================================
@@ -80,6 +82,8 @@ class Action(StrEnum):
     READ_NODE = "read-node"  # cascade status, peers, rejections; metrics
     MANAGE_NODE = "manage-node"  # link and unlink nodes, compact, API keys
     AUDIT = "audit"  # read and verify the audit log
+    NAME_NODE = "name-node"  # set this node's titles
+    NAME = "name"  # create a department, set its titles
 
 
 # Which roles may take each action at all (scope and entry rules come on top).
@@ -96,8 +100,12 @@ ROLE_ACTIONS: dict[Action, frozenset[str]] = {
     Action.READ_NODE: frozenset({"admin", "operator"}),
     Action.MANAGE_NODE: frozenset({"admin"}),
     Action.AUDIT: frozenset({"admin", "auditor"}),
+    Action.NAME_NODE: frozenset({"admin", "operator"}),
+    Action.NAME: frozenset({"admin", "operator", "author"}),
 }
-NODE_ACTIONS = frozenset({Action.READ_NODE, Action.MANAGE_NODE, Action.AUDIT, Action.BIND_EXTERNAL})
+NODE_ACTIONS = frozenset(
+    {Action.READ_NODE, Action.MANAGE_NODE, Action.AUDIT, Action.BIND_EXTERNAL, Action.NAME_NODE}
+)
 WRITER_ROLES = ROLE_ACTIONS[Action.UPDATE]
 # Roles that keep sight of every entry in their scopes, for administration (audited).
 ADMINISTRATIVE_ROLES = frozenset({"admin", "auditor"})

@@ -30,9 +30,14 @@ from .tables import (
 META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
 
 
+_SINCE_SIGNED = {"access": {}, "summary_en": "", "description_en": ""}
+
+
 def _meta(entry: dict[str, Any]) -> dict[str, Any]:
-    # Entries signed before capabilities had access rules carry none.
-    return {f: entry.get(f, {}) if f == "access" else entry[f] for f in META_FIELDS}
+    # Entries signed before capabilities had access rules (or English texts) carry none.
+    return {
+        f: entry.get(f, _SINCE_SIGNED[f]) if f in _SINCE_SIGNED else entry[f] for f in META_FIELDS
+    }
 
 
 VERSION_FIELDS = tuple(schemas.VersionSpec.model_fields)
@@ -106,24 +111,34 @@ def log(s: Session, items: list[dict[str, Any]]) -> None:
     )
 
 
-def put_node(s: Session, entry: dict[str, Any]) -> None:
-    """Record (or re-key) a node another node vouched for."""
+def put_node(s: Session, entry: dict[str, Any], *, self_named: bool = False) -> None:
+    """Record (or re-key) a node another node vouched for; or, ``self_named``, take the
+    titles a node gave itself (its key stays the one vouched for)."""
+    titles = {"title": entry.get("title", ""), "title_en": entry.get("title_en", "")}
+    if self_named:
+        s.execute(_node.update().where(_node.c.id == entry["id"]).values(**titles))
+        return
     values = {"parent_id": entry.get("parent_id"), "public_key": entry["public_key"]}
     if s.execute(sa.select(_node.c.id).where(_node.c.id == entry["id"])).first() is None:
-        title = entry.get("title", "")
-        s.execute(_node.insert().values(id=entry["id"], title=title, created_at=utcnow(), **values))
+        s.execute(_node.insert().values(id=entry["id"], created_at=utcnow(), **titles, **values))
     else:
         s.execute(_node.update().where(_node.c.id == entry["id"]).values(**values))
 
 
-def put_namespace(s: Session, namespace: str, owner: str, title: str = "") -> None:
+def put_namespace(s: Session, namespace: str, owner: str, entry: dict[str, Any]) -> None:
+    """Record a department its node sent, with its titles. Entries signed before
+    departments had English titles carry no ``title_en``: those change a title only
+    when they name one."""
+    titles = {"title": entry.get("title", ""), "title_en": entry.get("title_en", "")}
+    if "title_en" not in entry:
+        titles = {k: v for k, v in titles.items() if v}
     if s.execute(sa.select(_ns.c.id).where(_ns.c.id == namespace)).first() is not None:
-        if title:
-            s.execute(_ns.update().where(_ns.c.id == namespace).values(title=title))
+        if titles:
+            s.execute(_ns.update().where(_ns.c.id == namespace).values(**titles))
         return
     if s.execute(sa.select(_node.c.id).where(_node.c.id == owner)).first() is None:
         s.execute(_node.insert().values(id=owner, title="", created_at=utcnow()))
-    s.execute(_ns.insert().values(id=namespace, node_id=owner, title=title, created_at=utcnow()))
+    s.execute(_ns.insert().values(id=namespace, node_id=owner, created_at=utcnow(), **titles))
 
 
 def _chunks(values: list[Any], size: int = 400) -> Iterable[list[Any]]:
@@ -156,7 +171,7 @@ def put_capabilities(s: Session, items: list[tuple[dict[str, Any], datetime]], *
     if not items:
         return
     for namespace in {e["namespace"] for e, _ in items}:
-        put_namespace(s, namespace, names.namespace_node(namespace))
+        put_namespace(s, namespace, names.namespace_node(namespace), {})
     found = _capability_ids(s, [(e["namespace"], e["name"]) for e, _ in items])
     inserts, updates, indexed = [], [], []
     for entry, at in items:

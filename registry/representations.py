@@ -43,6 +43,7 @@ def _summary_fields(row: CapabilityRow) -> dict[str, Any]:
         "name": row.name,
         "title": row.title,
         "summary": row.summary,
+        "summary_en": row.summary_en,
         "kind": row.kind,
         "domain": row.domain,
         "tags": row.tags,
@@ -63,6 +64,7 @@ def capability_out(row: CapabilityRow, versions: list[str]) -> schemas.Capabilit
     return schemas.Capability(
         **_summary_fields(row),
         description=row.description,
+        description_en=row.description_en,
         access=access_rules(row.access),
         owner=row.owner,
         contact=row.contact,

@@ -148,6 +148,10 @@ class CapabilityMeta(Strict):
     description: Annotated[str, StringConstraints(max_length=100_000)] = Field(
         "", description="Markdown"
     )
+    summary_en: Text = Field("", description="the summary in English, for English pages")
+    description_en: Annotated[str, StringConstraints(max_length=100_000)] = Field(
+        "", description="the description in English (Markdown), for English pages"
+    )
     kind: Kind = "algorithm"
     domain: Domain = "other"
     tags: Annotated[list[Tag], Field(max_length=32), AfterValidator(_unique_tags)] = Field(
@@ -173,6 +177,8 @@ class MetaPatch(Strict):
     ) = None
     summary: Text | None = None
     description: Annotated[str, StringConstraints(max_length=100_000)] | None = None
+    summary_en: Text | None = None
+    description_en: Annotated[str, StringConstraints(max_length=100_000)] | None = None
     kind: Kind | None = None
     domain: Domain | None = None
     tags: Annotated[list[Tag], Field(max_length=32), AfterValidator(_unique_tags)] | None = None
@@ -264,6 +270,7 @@ class CapabilitySummary(BaseModel):
     name: str
     title: str
     summary: str
+    summary_en: str = ""
     kind: Kind
     domain: Domain
     tags: list[str]
@@ -277,6 +284,7 @@ class CapabilitySummary(BaseModel):
 
 class Capability(CapabilitySummary):
     description: str
+    description_en: str = ""
     access: Access
     owner: str
     contact: str

@@ -48,7 +48,8 @@ class Node(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=330)
     parent_id: str | None = Field(default=None, max_length=330)
-    title: str = Field(default="", max_length=200)
+    title: str = Field(default="", max_length=200)  # the Chinese title (shown by default)
+    title_en: str = Field(default="", max_length=200)
     public_key: str | None = Field(default=None, max_length=200)
     created_at: datetime = _ts()
 
@@ -58,7 +59,8 @@ class Namespace(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=370)
     node_id: str = Field(foreign_key="node.id", index=True, max_length=330)
-    title: str = Field(default="", max_length=200)
+    title: str = Field(default="", max_length=200)  # the Chinese title (shown by default)
+    title_en: str = Field(default="", max_length=200)
     created_at: datetime = _ts()
 
 
@@ -77,6 +79,8 @@ class CapabilityRow(SQLModel, table=True):
     title: str = Field(max_length=200)
     summary: str = Field(default="", max_length=500)
     description: str = Field(default="", sa_type=sa.Text)
+    summary_en: str = Field(default="", max_length=500)
+    description_en: str = Field(default="", sa_type=sa.Text)
     kind: str = Field(max_length=16)
     domain: str = Field(index=True, max_length=16)
     tags: list[str] = Field(default_factory=list, sa_type=JSONType)

@@ -30,7 +30,7 @@ from yunnao.cascade.peers import PeerKeys, PeerStore
 from yunnao.cascade.sync import Replicator
 from yunnao.plugins.errors import YunnaoError
 from yunnao.plugins.loader import Plugins
-from yunnao.registry import api, audit_api, db, keys_api, migrate, node_api, openapi
+from yunnao.registry import api, audit_api, db, keys_api, migrate, names_api, node_api, openapi
 from yunnao.registry.audit import AuditLog, AuditMiddleware
 from yunnao.registry.identity import tokens
 from yunnao.registry.identity.apikeys import ApiKeys
@@ -46,6 +46,7 @@ from yunnao.registry.problems import EXCEPTION_HANDLERS
 from yunnao.registry.publishing import Publisher
 from yunnao.registry.request_id import RequestIdMiddleware
 from yunnao.registry.store import RegistryStore
+from yunnao.registry.titles import Titles
 from yunnao.runtimes.adapters import builtin as builtin_runtimes
 from yunnao.runtimes.adapters.base import RuntimeContext
 from yunnao.runtimes.adapters.loading import load_runnable
@@ -304,6 +305,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         + v2.ENDPOINTS
         + api.ENDPOINTS
         + keys_api.ENDPOINTS
+        + names_api.ENDPOINTS
         + usage_api.ENDPOINTS
         + audit_api.ENDPOINTS
         + packages_api.ENDPOINTS
@@ -406,6 +408,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         applier=applier,
         replicator=replicator,
     )
+    app.state.titles = Titles(engine, node_id)
     app.state.settings = settings
     app.state.api_keys = api_keys
     app.state.audit = audit

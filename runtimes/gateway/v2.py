@@ -7,7 +7,8 @@ dots, so the last dot splits them); V2 model versions are capability versions. E
 top-level input field is a V2 input: an ``x-tensor`` field has its declared datatype
 and shape; a number, integer, boolean or string field is a one-element FP64, INT64,
 BOOL or BYTES tensor. Outputs map the same way (a result that is not an object is
-the single output ``output``). Both JSON and the binary tensor extension
+the single output ``output``); a capability with an output that does not map is refused
+(400 naming it) rather than answered with fewer outputs. Both JSON and the binary tensor extension
 (``Inference-Header-Content-Length``) are understood, in requests and responses.
 Calls take the gateway's path (access, validation, hooks, runtime, usage records).
 Errors are problem documents that also carry V2's ``error`` member.
@@ -64,6 +65,20 @@ def tensor_specs(schema: dict[str, Any]) -> dict[str, tuple[str, list[int]]] | N
     return {"output": spec} if spec is not None else None
 
 
+def unexpressible_outputs(schema: dict[str, Any]) -> list[str]:
+    """The outputs of an output schema that are not V2 tensors or scalars (``output`` for
+    a whole result that is neither); empty when every output maps."""
+    if schema.get("type") == "object" and isinstance(schema.get("properties"), dict):
+        return [n for n, prop in schema["properties"].items() if _spec(prop) is None]
+    return [] if _spec(schema) is not None else ["output"]
+
+
+def v2_callable(input_schema: dict[str, Any], output_schema: dict[str, Any]) -> bool:
+    """Whether a capability can be called over V2: its inputs and its outputs all map to
+    tensors (what the V2 routes check; the catalog offers a tritonclient snippet then)."""
+    return tensor_specs(input_schema) is not None and not unexpressible_outputs(output_schema)
+
+
 def _model(request: Request) -> tuple[str, str]:
     model = request.path_params["model"]
     namespace, dot, name = model.rpartition(".")
@@ -79,11 +94,21 @@ def _name_ref(request: Request) -> str:
 
 
 def _tensor_capability(call: Call) -> None:
-    """V2 serves capabilities whose parameters are all tensors and scalars."""
+    """V2 serves capabilities whose parameters and results are all tensors and scalars:
+    one whose parameters are not is no V2 model (404); one whose outputs are not is
+    refused before it runs (400 naming them), rather than answering no outputs."""
     if tensor_specs(dict(call.target.input_schema)) is None:
         raise NotFound(
             f"{call.target.id} is not a tensor capability (its parameters are not all tensors "
             "and scalars): call it with POST /v1/invoke"
+        )
+    bad = unexpressible_outputs(dict(call.target.output_schema))
+    if bad:
+        raise BadRequest(
+            f"{call.target.id} answers {', '.join(bad)}, which V2 cannot express as tensors "
+            "(only tensors and number, integer, boolean or string values are): call it "
+            "with POST /v1/invoke",
+            errors=[FieldError(f"outputs.{n}", "not a tensor or scalar") for n in bad],
         )
 
 
@@ -426,9 +451,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         for e in (
             Endpoint("GET", path, v2_errors(model_metadata), f"v2ModelMetadata{suffix}",
                      "V2 model metadata (inputs and outputs as tensors)", tag="v2",
-                     errors=(401, 404, 410)),
+                     errors=(400, 401, 404, 410)),
             Endpoint("GET", path + "/ready", v2_errors(model_ready), f"v2ModelReady{suffix}",
-                     "V2 model readiness", tag="v2", errors=(401, 404, 410)),
+                     "V2 model readiness", tag="v2", errors=(400, 401, 404, 410)),
             Endpoint("POST", path + "/infer", v2_errors(infer), f"v2Infer{suffix}",
                      "V2 inference (JSON or binary tensor data)", tag="v2",
                      errors=(400, 401, 403, 404, 410, 413, 422, 429, 500, 503, 504)),

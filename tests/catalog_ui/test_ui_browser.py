@@ -128,12 +128,18 @@ def test_invalid_input_shows_the_problem(city: YunnaoProcess, page: Page, shot) 
     page.get_by_role("button", name="运行").click()
     result = page.locator("#try-result .result")
     expect(result).to_have_attribute("data-status", "422")
-    expect(result.locator(".detail")).to_contain_text("at least 3 × 3")
-    expect(result).to_contain_text("validation-failed")
+    # The capability's own check keeps its text; the page names the field in Chinese.
+    expect(result.locator(".detail")).to_contain_text("输入不符合该能力的要求")
+    expect(result.locator('.field-errors li[data-field="input.image"]')).to_contain_text(
+        "at least 3 × 3"
+    )
+    expect(result).to_contain_text("validation-failed")  # the problem document, folded
     # Not JSON at all: the form says which field, before any call.
     page.get_by_label("image").fill("not json")
     page.get_by_role("button", name="运行").click()
-    expect(result.locator(".detail")).to_contain_text("input.image: not JSON")
+    expect(result.locator('.field-errors li[data-field="input.image"]')).to_contain_text(
+        "不是有效的 JSON"
+    )
     shot(page)
 
 

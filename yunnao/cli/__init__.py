@@ -16,6 +16,7 @@ module         commands
 ``keys``       ``token create``, ``key create|list|revoke``
 ``audit``      ``audit verify|export``, ``usage``
 ``demo``       ``demo``
+``names``      ``node show|set``, ``namespace list|show|create|set``
 =============  ============================================================
 """
 
@@ -34,6 +35,7 @@ from .catalog import plugins, publish, search, show
 from .demo import demo
 from .invoking import invoke, runtime
 from .keys import key, token
+from .names import namespace_group, node_group
 from .node import db, serve
 from .profiles import login, logout, profiles_list
 
@@ -57,5 +59,6 @@ for command in (
     serve, db, search, show, invoke, runtime, token, plugins, publish,
     cascade, key, audit, usage, demo,
     versions, deprecate, retire, edit, publish_jobs, login, logout, profiles_list,
+    node_group, namespace_group,
 ):  # fmt: skip
     main.add_command(command)
