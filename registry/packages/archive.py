@@ -197,9 +197,7 @@ def unpack_sdist(archive: Archive, dest: Path) -> Path:
     ``name-version`` folder, the source tree to build."""
     if archive.kind != "sdist":
         raise ValueError("not an sdist")
-    root = extract_tar(
-        archive.path, "r:gz", dest, archive.unpacked_size, lambda m: _normalized(m.name)
-    )
+    root = extract_tar(archive.path, "r:gz", dest, archive.unpacked_size, _tar_name)
     (top,) = {n.split("/")[0] for n in archive.members}
     return root / top
 
@@ -245,6 +243,41 @@ def extract_tar(
         if folder.is_dir():
             folder.chmod(0o755)
     return root
+
+
+def checked_members(
+    tf: tarfile.TarFile,
+    name_of: Callable[[tarfile.TarInfo], str | None],
+    tree: _Tree,
+    limits: _Limits,
+) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """The members of ``tf`` with the checked names ``name_of`` gives them (None:
+    skipped), read from their headers alone: links and special files refused, each name
+    entered in ``tree`` (no duplicates, no file that is also a folder) and its size in
+    ``limits``."""
+    for member in _members(tf):
+        name = name_of(member)
+        if name is None:
+            continue
+        if member.issym() or member.islnk():
+            raise refuse(
+                f"member {name!r} is a link (to {member.linkname!r}); links are not "
+                "accepted, wherever they point"
+            )
+        if not (member.isreg() or member.isdir()):
+            raise refuse(f"member {name!r} is a special file (device, FIFO...)")
+        tree.add(name, is_dir=member.isdir())
+        limits.add(name, member.size)
+        yield name, member
+
+
+def read_small(tf: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> bytes:
+    """The bytes of the regular file ``member`` (named ``name``), a metadata file:
+    refused when over ``MAX_METADATA_BYTES``."""
+    if member.size > MAX_METADATA_BYTES:
+        raise refuse(f"{name} is over {MAX_METADATA_BYTES} bytes")
+    fh = tf.extractfile(member)
+    return fh.read() if fh else b""
 
 
 # ---------------------------------------------------------------- internals
@@ -333,13 +366,7 @@ def _check_zip(
         if len(infos) != 1:
             raise refuse(f"a wheel has exactly one top-level *.dist-info folder, not {len(infos)}")
         dist_info = infos[0]
-        stem = dist_info.removesuffix(".dist-info")
-        name, _, version = stem.rpartition("-")
-        try:
-            same = canonicalize_name(name) == file_name and Version(version) == file_version
-        except InvalidVersion:
-            same = False
-        if not same:
+        if not _names(dist_info.removesuffix(".dist-info"), file_name, file_version):
             raise refuse(f"the wheel's {dist_info} does not match its file name")
         metadata = f"{dist_info}/METADATA"
         if metadata not in tree.files:
@@ -361,39 +388,35 @@ def _check_tar(
     metadata: bytes | None = None
     try:
         with tarfile.open(path, mode="r:gz") as tf:
-            for member in _members(tf):
-                name = _normalized(member.name)
-                if member.issym() or member.islnk():
-                    raise refuse(
-                        f"member {name!r} is a link (to {member.linkname!r}); links are not "
-                        "accepted, wherever they point"
-                    )
-                if not (member.isreg() or member.isdir()):
-                    raise refuse(f"member {name!r} is a special file (device, FIFO...)")
-                tree.add(name, is_dir=member.isdir())
-                limits.add(name, member.size)
+            for name, member in checked_members(tf, _tar_name, tree, limits):
                 parts = name.split("/")
                 if len(parts) == 2 and parts[1] == "PKG-INFO" and member.isreg():
-                    if member.size > MAX_METADATA_BYTES:
-                        raise refuse(f"{name} is over {MAX_METADATA_BYTES} bytes")
-                    fh = tf.extractfile(member)
-                    metadata = fh.read() if fh else None
+                    metadata = read_small(tf, member, name)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise refuse(f"not a readable .tar.gz archive: {exc}") from None
     tops = {n.split("/")[0] for n in tree.files | tree.dirs}
     if len(tops) != 1:
         raise refuse("an sdist holds exactly one top-level folder, name-version/")
     (top,) = tops
-    name, _, version = top.rpartition("-")
-    try:
-        same = canonicalize_name(name) == file_name and Version(version) == file_version
-    except InvalidVersion:
-        same = False
-    if not same:
+    if not _names(top, file_name, file_version):
         raise refuse(f"the sdist's top-level folder {top!r} does not match its file name")
     if metadata is None:
         raise refuse(f"{top}/PKG-INFO is missing")
     return sorted(tree.files), metadata
+
+
+def _names(stem: str, file_name: str, file_version: Version) -> bool:
+    """Whether ``stem`` (``name-version``, inside the archive) names the distribution
+    the archive's file name does (``file_name`` canonical)."""
+    name, _, version = stem.rpartition("-")
+    try:
+        return canonicalize_name(name) == file_name and Version(version) == file_version
+    except InvalidVersion:
+        return False
+
+
+def _tar_name(member: tarfile.TarInfo) -> str:
+    return _normalized(member.name)
 
 
 def _members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

@@ -45,18 +45,18 @@ from . import sandbox
 from .archive import (
     MAX_BYTES,
     MAX_MEMBERS,
-    MAX_METADATA_BYTES,
     MAX_UNPACKED_BYTES,
     _Limits,
-    _members,
     _normalized,
     _sha256,
     _Tree,
+    checked_members,
     extract_tar,
+    read_small,
     refuse,
 )
 from .environments import Environment
-from .inspection import run_capped
+from .runner import failed, read_report, run_capped
 
 SUFFIX = ".bento"
 META_LABELS = ("classification", "domain", "kind", "owner", "contact", "license")
@@ -140,24 +140,9 @@ def check_bento(
     wanted = ("bento.yaml", "env/python/requirements.in", "env/python/requirements.txt")
     try:
         with tarfile.open(path, mode="r:*") as tf:
-            for member in _members(tf):
-                name = _member_name(member)
-                if name is None:
-                    continue
-                if member.issym() or member.islnk():
-                    raise refuse(
-                        f"member {name!r} is a link (to {member.linkname!r}); links are not "
-                        "accepted, wherever they point"
-                    )
-                if not (member.isreg() or member.isdir()):
-                    raise refuse(f"member {name!r} is a special file (device, FIFO...)")
-                tree.add(name, is_dir=member.isdir())
-                limits.add(name, member.size)
+            for name, member in checked_members(tf, _member_name, tree, limits):
                 if name in wanted and member.isreg():
-                    if member.size > MAX_METADATA_BYTES:
-                        raise refuse(f"{name} is over {MAX_METADATA_BYTES} bytes")
-                    fh = tf.extractfile(member)
-                    small[name] = fh.read() if fh else b""
+                    small[name] = read_small(tf, member, name)
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise refuse(f"not a readable Bento (a tar archive): {exc}") from None
     if "bento.yaml" not in small:
@@ -354,27 +339,23 @@ def inspect_bento(
     box = sandbox.Sandbox(key=key, read_only=read_only, limits=BENTO_LIMITS, env=BENTO_ENV)
     python = sys.executable if env is None else str(env.python)
     argv = [python, "-I", "-m", INSPECTOR, str(bento_dir)]
-    code, out, err, timed_out = run_capped(
-        sandbox.command(box, argv, enforce=enforce), timeout, MAX_REPORT
-    )
+    command = sandbox.command(box, argv, enforce=enforce)
+    code, out, err, timed_out = run_capped(command, timeout, MAX_REPORT)
     if timed_out:
-        raise _failed(f"loading the Bento's service did not finish within {timeout:.0f} s")
+        raise failed(f"loading the Bento's service did not finish within {timeout:.0f} s")
     if code != 0:
         tail = err.decode("utf-8", "replace").strip()[-4000:]
-        raise _failed(f"loading the Bento's service exited with status {code}:\n{tail}")
-    if len(out) > MAX_REPORT:
-        raise _failed(f"the Bento inspector's report is over {MAX_REPORT} bytes")
-    try:
-        report = BentoReport.model_validate(json.loads(out))
-    except (ValueError, RecursionError, ValidationError) as exc:
-        raise _failed(f"the Bento inspector's report is not valid: {str(exc)[:500]}") from None
+        raise failed(f"loading the Bento's service exited with status {code}:\n{tail}")
+    report = read_report(
+        out, BentoReport, max_bytes=MAX_REPORT, name="the Bento inspector's report"
+    )
     if report.error:
         raise ValidationFailed(
             f"the Bento's service does not load: {report.error.strip().splitlines()[-1][:500]}",
             errors=[FieldError("bento.yaml.service", report.error)],
         )
     if not report.capabilities:
-        raise _failed("the Bento's service has no API a JSON call can drive")
+        raise failed("the Bento's service has no API a JSON call can drive")
     return report.capabilities
 
 
@@ -416,7 +397,3 @@ def capability_specs(
             ) from None
         out.append((api.name, spec))
     return out
-
-
-def _failed(message: str) -> ValidationFailed:
-    return ValidationFailed(message, errors=[FieldError("file", message)])

@@ -27,7 +27,7 @@ from packaging.version import Version
 
 from . import archive, sandbox
 from .archive import Archive
-from .inspection import run_capped
+from .runner import run_capped
 
 MODULE = "yunnao.registry.packages.builder"
 TIMEOUT = 300.0

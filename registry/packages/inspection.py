@@ -12,27 +12,21 @@ import error's message carries its traceback), and the full list under ``problem
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import threading
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from yunnao.plugins.errors import FieldError, ValidationFailed
 
 from . import sandbox
 from .environments import Environment
 from .inspector import PROGRESS
+from .runner import failed, read_report, run_capped
 
 MODULE = "yunnao.registry.packages.inspector"
 TIMEOUT = 120.0
 MAX_DOCUMENT = 8 * 1024 * 1024  # bytes of the inspector's standard output
-MAX_STDERR = 64 * 1024  # the tail kept of its standard error
 
 Short = Annotated[str, StringConstraints(max_length=200)]
 Text = Annotated[str, StringConstraints(max_length=20_000)]
@@ -131,35 +125,27 @@ def inspect_package(
         limits=limits or sandbox.Limits(),
     )
     argv = [str(env.python), "-I", "-m", MODULE, str(package_dir), dist_info]
-    code, out, err, timed_out = run_capped(sandbox.command(box, argv, enforce=enforce), timeout)
+    command = sandbox.command(box, argv, enforce=enforce)
+    code, out, err, timed_out = run_capped(command, timeout, MAX_DOCUMENT)
     where = _last_progress(err)
     if timed_out:
-        raise _failed(
+        raise failed(
             f"inspecting the package did not finish within {timeout:.0f} s"
             + (f"; it was {where}" if where else ""),
         )
     if code != 0:
         tail = err.decode("utf-8", "replace").strip()[-4000:]
-        raise _failed(
+        raise failed(
             f"the inspector exited with status {code}"
             + (f" while {where}" if where else "")
             + (f":\n{tail}" if tail else "")
         )
-    if len(out) > MAX_DOCUMENT:
-        raise _failed(f"the inspector's report is over {MAX_DOCUMENT} bytes")
-    try:
-        inspection = Inspection.model_validate(json.loads(out))
-    except (ValueError, RecursionError, ValidationError) as exc:
-        raise _failed(f"the inspector's report is not valid: {str(exc)[:500]}") from None
+    inspection = read_report(out, Inspection, max_bytes=MAX_DOCUMENT, name="the inspector's report")
     if inspection.problems:
         raise _problems(inspection.problems)
     if not inspection.capabilities:
-        raise _failed("the package's plugins contribute no capabilities")
+        raise failed("the package's plugins contribute no capabilities")
     return inspection
-
-
-def _failed(message: str) -> ValidationFailed:
-    return ValidationFailed(message, errors=[FieldError("file", message)])
 
 
 def _problems(problems: list[Problem]) -> ValidationFailed:
@@ -179,54 +165,3 @@ def _problems(problems: list[Problem]) -> ValidationFailed:
 def _last_progress(err: bytes) -> str | None:
     lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.startswith(PROGRESS)]
     return lines[-1].removeprefix(PROGRESS) if lines else None
-
-
-def run_capped(
-    argv: list[str], timeout: float, max_out: int = MAX_DOCUMENT
-) -> tuple[int, bytes, bytes, bool]:
-    """Run ``argv``; its exit status, standard output (up to just over
-    ``max_out``), the tail of standard error, and whether it was stopped for
-    running past ``timeout``. Nothing it prints can exhaust the node's memory."""
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    out: list[bytes] = []
-    err: list[bytes] = []
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = [
-        threading.Thread(target=_drain, args=(proc.stdout, out, max_out + 1, False)),
-        threading.Thread(target=_drain, args=(proc.stderr, err, MAX_STDERR, True)),
-    ]
-    for reader in readers:
-        reader.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    for reader in readers:
-        reader.join()
-    return proc.returncode, b"".join(out), b"".join(err), timed_out
-
-
-def _drain(stream: IO[bytes], sink: list[bytes], cap: int, tail: bool) -> None:
-    """Read ``stream`` to its end, keeping its first (or last, with ``tail``) ``cap``
-    bytes."""
-    kept = 0
-    while chunk := stream.read(65536):
-        if tail:
-            sink.append(chunk)
-            kept += len(chunk)
-            while kept - len(sink[0]) >= cap:
-                kept -= len(sink.pop(0))
-        elif kept < cap:
-            sink.append(chunk[: cap - kept])
-            kept += len(sink[-1])
-    stream.close()

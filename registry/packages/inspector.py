@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,11 @@ def _trace() -> str:
     text = "".join(report.format())
     if prefix:
         text = text.replace(prefix, "")
+    return clipped(text)
+
+
+def clipped(text: str) -> str:
+    """A traceback's last ``MAX_TRACEBACK`` characters (where it was raised)."""
     return text if len(text) <= MAX_TRACEBACK else "...\n" + text[-MAX_TRACEBACK:]
 
 
@@ -286,20 +292,34 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_document(argv: list[str] | None, usage: str, make: Callable[..., dict[str, Any]]) -> int:
+    """The ``main`` of a sandboxed inspector: ``make(*args)``, called with the command
+    line's arguments (one for each ``<...>`` in ``usage``), written to standard output
+    as one JSON document. Standard output is the document's alone: whatever runs
+    meanwhile (the department's code) prints to standard error. Exit status 0, or 2 and
+    the usage on the wrong number of arguments."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m yunnao.registry.packages.inspector <package dir> <dist-info>")
+    if len(args) != usage.count("<"):
+        print(f"usage: {usage}")
         return 2
-    # Standard output is the document's alone: whatever the package prints goes to stderr.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    document = describe_package(Path(args[0]), args[1])
-    progress("done")
+    document = make(*args)
     out.write(json.dumps(document, ensure_ascii=False, default=str))
     out.flush()
     return 0
+
+
+def _inspect(package_dir: str, dist_info: str) -> dict[str, Any]:
+    document = describe_package(Path(package_dir), dist_info)
+    progress("done")
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    usage = "python -m yunnao.registry.packages.inspector <package dir> <dist-info>"
+    return write_document(argv, usage, _inspect)
 
 
 if __name__ == "__main__":

@@ -545,3 +545,26 @@ def test_a_package_that_hangs_is_stopped_and_the_step_named(
         "inspecting the package did not finish within 3 s; it was importing plugin "
         "dept_hello (dept_hello)"
     )
+
+
+def test_a_helpers_output_is_capped_and_its_report_read_strictly() -> None:
+    from pydantic import BaseModel, ConfigDict
+
+    from yunnao.registry.packages.runner import read_report, run_capped
+
+    class Report(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        n: int
+
+    flood = "import sys; sys.stdout.write('x' * 1_000_000); sys.stderr.write('e' * 200_000)"
+    code, out, err, timed_out = run_capped([sys.executable, "-c", flood], 60, 1000)
+    assert (code, timed_out) == (0, False)
+    assert len(out) == 1001  # just over the cap: the reader can tell it was cut
+    assert len(err) < 200_000 and err.endswith(b"e")
+    with pytest.raises(ValidationFailed) as exc:
+        read_report(out, Report, max_bytes=1000, name="the helper's report")
+    assert str(exc.value) == "the helper's report is over 1000 bytes"
+    assert exc.value.errors[0].field == "file"
+    with pytest.raises(ValidationFailed, match="the helper's report is not valid"):
+        read_report(b'{"n": 1, "more": 2}', Report, max_bytes=1000, name="the helper's report")
+    assert read_report(b'{"n": 1}', Report, max_bytes=1000, name="the helper's report").n == 1

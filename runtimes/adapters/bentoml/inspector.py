@@ -14,14 +14,12 @@ document strictly and trusts nothing in it but its shape.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-MAX_TRACEBACK = 8000
+from yunnao.registry.packages.inspector import clipped, write_document
 
 
 def describe(bento_dir: Path) -> dict[str, Any]:
@@ -30,8 +28,7 @@ def describe(bento_dir: Path) -> dict[str, Any]:
     try:
         specs = service_capabilities(str(bento_dir), bento_dir)
     except Exception:  # the department's import error, for its author
-        text = traceback.format_exc()
-        return {"error": text if len(text) <= MAX_TRACEBACK else "...\n" + text[-MAX_TRACEBACK:]}
+        return {"error": clipped(traceback.format_exc())}
     return {
         "capabilities": [
             {
@@ -49,18 +46,8 @@ def describe(bento_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m yunnao.runtimes.adapters.bentoml.inspector <bento dir>")
-        return 2
-    # Standard output is the document's alone: whatever the service prints goes to stderr.
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    document = describe(Path(args[0]))
-    out.write(json.dumps(document, ensure_ascii=False, default=str))
-    out.flush()
-    return 0
+    usage = "python -m yunnao.runtimes.adapters.bentoml.inspector <bento dir>"
+    return write_document(argv, usage, lambda bento_dir: describe(Path(bento_dir)))
 
 
 if __name__ == "__main__":
