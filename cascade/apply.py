@@ -33,6 +33,7 @@ from yunnao.registry.hashing import content_hash
 from yunnao.registry.tables import Peer, Rejection, utcnow
 
 from . import items as shapes
+from . import usage_items
 from .feed import append_signed, signed_part
 from .policy import refusal
 from .signing import verify
@@ -350,6 +351,8 @@ class Applier:
                 replica.put_node(s, entry, self_named=item["origin"] == entry["id"])
             elif entity == "namespace":
                 replica.put_namespace(s, entry["id"], item["origin"], entry)
+            elif entity == "usage":
+                usage_items.apply(s, entry)
             elif entity == "capability" and item["op"] == "delete":
                 replica.delete_capability(s, entry["namespace"], entry["name"], at=at)
             elif entity == "capability":
@@ -365,6 +368,8 @@ class Applier:
             outcome.skipped += len(missing)
             logged = [item for item in logged if id(item) not in missing]
         replica.log(s, logged)
+        # A node/day's usage item supersedes the last one whole: keep only the newest.
+        usage_items.drop_superseded(s, [i["key"] for i in logged if i["entity"] == "usage"])
         outcome.applied += len(logged)
 
 

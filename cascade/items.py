@@ -1,14 +1,25 @@
 """The shape of feed items: what a node accepts from a peer before checking its
-signature. Signed does not mean well-formed, so every entry is validated here."""
+signature. Signed does not mean well-formed, so every entry is validated here (a usage
+item's figures too: bounded in size, non-negative, and adding up)."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from yunnao.registry import names, schemas
 from yunnao.registry.titles import Title
+from yunnao.registry.usage_daily import BUCKETS_MS
 
 NodeId = Annotated[str, StringConstraints(pattern=names.NODE_ID_RE.pattern)]
 Share = Literal["up", "all"]
@@ -58,12 +69,83 @@ class VersionEntry(Tombstone):
     artifact_uri: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 
+MAX_USAGE_ROWS = 10_000  # rows of one usage item (a node's capabilities on one day)
+Count = Annotated[int, Field(strict=True, ge=0, le=10**12)]
+
+
+class UsageRowEntry(_Entry):
+    """One capability's (or, name "", a namespace's restricted ones') calls on a day."""
+
+    namespace: Annotated[str, StringConstraints(pattern=names.NAMESPACE_RE.pattern)]
+    name: Annotated[str, StringConstraints(max_length=64)]
+    calls: Count
+    ok: Count
+    errors: Count
+    refused: Count
+    invalid: Count
+    same_department: Count
+    other_department: Count
+    other_node: Count
+    latency_hist: Annotated[
+        list[Count], Field(min_length=len(BUCKETS_MS), max_length=len(BUCKETS_MS))
+    ]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not names.is_name(value):
+            raise ValueError('not a capability name (nor "" for restricted ones)')
+        return value
+
+    @model_validator(mode="after")
+    def _sums(self) -> UsageRowEntry:
+        outcomes = self.ok + self.errors + self.refused + self.invalid
+        if self.calls != outcomes:
+            raise ValueError(f"calls {self.calls} != ok + errors + refused + invalid {outcomes}")
+        callers = self.same_department + self.other_department + self.other_node
+        if self.calls != callers:
+            raise ValueError(
+                f"calls {self.calls} != same_department + other_department + other_node {callers}"
+            )
+        if sum(self.latency_hist) != self.ok + self.errors:
+            raise ValueError(
+                f"latency_hist holds {sum(self.latency_hist)} calls, not ok + errors "
+                f"{self.ok + self.errors}"
+            )
+        return self
+
+
+class UsageEntry(_Entry):
+    """A node's own usage rows of one Beijing day."""
+
+    node: NodeId
+    day: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    rows: Annotated[list[UsageRowEntry], Field(max_length=MAX_USAGE_ROWS)]
+
+    @field_validator("day")
+    @classmethod
+    def _day(cls, value: str) -> str:
+        date.fromisoformat(value)  # a real day
+        return value
+
+    @model_validator(mode="after")
+    def _own(self) -> UsageEntry:
+        seen: set[tuple[str, str]] = set()
+        for row in self.rows:
+            if names.namespace_node(row.namespace) != self.node:
+                raise ValueError(f"namespace {row.namespace} is not node {self.node}'s")
+            if (row.namespace, row.name) in seen:
+                raise ValueError(f"{row.namespace}/{row.name} appears twice")
+            seen.add((row.namespace, row.name))
+        return self
+
+
 class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     origin: NodeId
     origin_seq: Annotated[int, Field(ge=1)]
-    entity: Literal["node", "namespace", "capability", "version"]
+    entity: Literal["node", "namespace", "capability", "version", "usage"]
     key: Annotated[str, StringConstraints(max_length=600)]
     op: Literal["upsert", "delete"]
     content_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -75,6 +157,8 @@ class Item(BaseModel):
 def _expected_key(entity: str, entry: dict[str, Any]) -> str:
     if entity in ("node", "namespace"):
         return entry["id"]
+    if entity == "usage":
+        return f"{entry['node']}/{entry['day']}"
     key = f"{entry['namespace']}/{entry['name']}"
     return f"{key}@{entry['version']}" if entity == "version" else key
 
@@ -94,6 +178,7 @@ def problem(raw: Any) -> str | None:
                 "namespace": NamespaceEntry,
                 "capability": CapabilityEntry,
                 "version": VersionEntry,
+                "usage": UsageEntry,
             }[item.entity].model_validate(entry)
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -15,6 +15,8 @@ where it is applied:
   capability names as its ``origin_node`` the node whose key signed it.
 - Narrowing withdraws: a capability a follower may no longer hold (made ``internal`` or
   ``restricted``) goes to it as a tombstone this node signs (:func:`withdrawn`).
+- Usage figures (entity ``usage``, key ``<node>/<day>``) travel up only, never to a
+  child, and a node signs only its own: the key names the origin itself.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def owner_of(item: dict[str, Any]) -> str | None:
     if item["entity"] == "node":
         return None
     key = item["key"]
+    if item["entity"] == "usage":
+        return key.split("/", 1)[0]
     namespace = key if item["entity"] == "namespace" else key.split("/", 1)[0]
     return namespace_node(namespace)
 
@@ -68,6 +72,8 @@ def may_send(item: dict[str, Any], *, this_node: str, reader: Reader) -> bool:
     owner = owner_of(item)
     if entry.get("classification") == "restricted":
         return False
+    if item["entity"] == "usage" and reader.relation == "child":
+        return False  # usage figures go up only
     if reader.relation in ("parent", "operator"):
         # Not a tombstone this node signed for an entry from above (a resync's sweep of
         # what its parent sent): the parent would refuse it.
@@ -112,6 +118,13 @@ def refusal(
             return f"origin {origin} is neither child {peer} nor below it", True
     elif in_subtree(origin, this_node):
         return f"origin {origin} is this node or below it: its entries are not the parent's", True
+    if entity == "usage":
+        if relation != "child":
+            return "usage figures travel up the node tree only, not from a parent", True
+        named = key.split("/", 1)[0]
+        if named != origin:
+            return f"usage of node {named} signed by {origin}: a node sends only its own", True
+        return None
     if entity == "node":
         described = key
         if described == origin and described != this_node:

@@ -8,15 +8,22 @@ catalogs (:mod:`.i18n`), zh-CN by default with an English switch.
 
 from starlette.routing import BaseRoute
 
-from . import authoring, naming, pages
+from . import access_pages, assessment_pages, authoring, naming, overview, pages
 
-ACTIONS = {**pages.ACTIONS, **authoring.ACTIONS, **naming.ACTIONS}
+ACTIONS = {**pages.ACTIONS, **authoring.ACTIONS, **naming.ACTIONS, **access_pages.ACTIONS}
 
 
 def routes() -> list[BaseRoute]:
     """The catalog's pages, the author's (:mod:`.authoring`) and the operator's form
     for names (:mod:`.naming`)."""
-    return [*authoring.routes(), *naming.routes(), *pages.routes()]
+    return [
+        *authoring.routes(),
+        *naming.routes(),
+        *access_pages.routes(),
+        *overview.routes(),
+        *assessment_pages.routes(),
+        *pages.routes(),
+    ]
 
 
 __all__ = ["ACTIONS", "routes"]

@@ -24,30 +24,55 @@ def _scale(series: Sequence[Series]) -> float:
     return top if top > 0 else 1.0
 
 
-def _frame(title: str, labels: Sequence[str], top: float, unit: str) -> list[str]:
+def _frame(
+    title: str,
+    labels: Sequence[str],
+    top: float,
+    unit: str,
+    x_label: str = "",
+    y_label: str = "",
+    width: int = WIDTH,
+) -> list[str]:
+    tall = HEIGHT + (38 if x_label else 24)
     parts = [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT + 24}" role="img" '
+        f'<svg class="chart" viewBox="0 0 {width} {tall}" role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
-        f'<line x1="{PAD}" y1="{HEIGHT}" x2="{WIDTH - 4}" y2="{HEIGHT}" stroke="#555"/>',
+        f'<line x1="{PAD}" y1="{HEIGHT}" x2="{width - 4}" y2="{HEIGHT}" stroke="#555"/>',
         f'<line x1="{PAD}" y1="8" x2="{PAD}" y2="{HEIGHT}" stroke="#555"/>',
         f'<text x="{PAD - 4}" y="14" text-anchor="end" font-size="11">'
         f"{escape(_num(top))}{escape(unit)}</text>",
         f'<text x="{PAD - 4}" y="{HEIGHT}" text-anchor="end" font-size="11">0</text>',
     ]
-    step = max(1, len(labels) // 8)
+    step = max(1, len(labels) // 8, -(-len(labels) * 34 // (width - PAD - 16)))
     for i, label in enumerate(labels):
         if i % step == 0:
-            x = _x(i, len(labels))
+            x = _x(i, len(labels), width)
             parts.append(
                 f'<text x="{x:.1f}" y="{HEIGHT + 16}" text-anchor="middle" font-size="11">'
                 f"{escape(label)}</text>"
             )
+    mid = top / 2
+    parts.append(
+        f'<line x1="{PAD}" y1="{_y(mid, top):.1f}" x2="{width - 4}" y2="{_y(mid, top):.1f}" '
+        'stroke="#ddd" stroke-dasharray="3 3"/>'
+        f'<text x="{PAD - 4}" y="{_y(mid, top) + 4:.1f}" text-anchor="end" font-size="11">'
+        f"{escape(_num(mid))}</text>"
+    )
+    if x_label:
+        parts.append(
+            f'<text x="{width - 4}" y="{HEIGHT + 34}" text-anchor="end" font-size="11" '
+            f'fill="#444">{escape(x_label)}</text>'
+        )
+    if y_label:
+        parts.append(
+            f'<text x="{PAD + 4}" y="12" font-size="11" fill="#444">{escape(y_label)}</text>'
+        )
     return parts
 
 
-def _x(i: int, n: int) -> float:
-    span = WIDTH - PAD - 16
+def _x(i: int, n: int, width: int = WIDTH) -> float:
+    span = width - PAD - 16
     return PAD + 8 + (span * (i + 0.5) / max(n, 1))
 
 
@@ -68,21 +93,31 @@ def _legend(series: Sequence[Series]) -> Markup:
     return Markup(f'<ul class="legend">{items}</ul>')  # escaped above
 
 
-def bars(title: str, labels: Sequence[str], series: Sequence[Series], unit: str = "") -> Markup:
-    """Grouped bars, one group per label."""
+def bars(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    unit: str = "",
+    *,
+    x_label: str = "",
+    y_label: str = "",
+    width: int = WIDTH,
+) -> Markup:
+    """Grouped bars, one group per label (``x_label``/``y_label``: the axes' names;
+    ``width``: of the drawing, narrower for a small box so its text stays readable)."""
     top = _scale(series)
-    parts = _frame(title, labels, top, unit)
+    parts = _frame(title, labels, top, unit, x_label, y_label, width)
     n, k = len(labels), max(len(series), 1)
-    group = (WIDTH - PAD - 16) / max(n, 1) * 0.8
+    group = (width - PAD - 16) / max(n, 1) * 0.8
     for j, s in enumerate(series):
         for i, v in enumerate(s.values):
             if v is None:
                 continue
-            width = group / k
-            x = _x(i, n) - group / 2 + j * width
+            bar = group / k
+            x = _x(i, n, width) - group / 2 + j * bar
             y = _y(v, top)
             parts.append(
-                f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(width - 1, 1):.1f}" '
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar - 1, 1):.1f}" '
                 f'height="{HEIGHT - y:.1f}" fill="{COLOURS[j % len(COLOURS)]}">'
                 f"<title>{escape(labels[i])} {escape(s.name)}: {escape(_num(v))}{escape(unit)}"
                 "</title></rect>"
@@ -91,10 +126,19 @@ def bars(title: str, labels: Sequence[str], series: Sequence[Series], unit: str 
     return Markup("".join(parts)) + _legend(series)  # escaped above
 
 
-def lines(title: str, labels: Sequence[str], series: Sequence[Series], unit: str = "") -> Markup:
+def lines(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    unit: str = "",
+    *,
+    x_label: str = "",
+    y_label: str = "",
+    width: int = WIDTH,
+) -> Markup:
     """One polyline per series (gaps where a value is missing), with a dot per point."""
     top = _scale(series)
-    parts = _frame(title, labels, top, unit)
+    parts = _frame(title, labels, top, unit, x_label, y_label, width)
     n = len(labels)
     for j, s in enumerate(series):
         colour = COLOURS[j % len(COLOURS)]
@@ -105,7 +149,7 @@ def lines(title: str, labels: Sequence[str], series: Sequence[Series], unit: str
                     parts.append(_polyline(run, colour))
                 run = []
                 continue
-            x, y = _x(i, n), _y(v, top)
+            x, y = _x(i, n, width), _y(v, top)
             run.append(f"{x:.1f},{y:.1f}")
             parts.append(
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}">'
@@ -120,3 +164,55 @@ def lines(title: str, labels: Sequence[str], series: Sequence[Series], unit: str
 
 def _polyline(points: list[str], colour: str) -> str:
     return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(points)}"/>'
+
+
+ROW, LABEL_W, H_WIDTH = 26, 128, 420
+
+
+def _short(text: str, chars: int = 9) -> str:
+    return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
+def hbars(
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float | None],
+    unit: str = "",
+    *,
+    name: str = "",
+    colour: int = 0,
+    value_format: str = "{:.0f}",
+) -> Markup:
+    """Horizontal bars, one row per label (long names fit: they are shortened on the
+    chart and given whole in each bar's title), the value written at the bar's end;
+    ``name`` names the series in a legend."""
+    top = max((v for v in values if v is not None), default=0.0) or 1.0
+    height = max(len(labels), 1) * ROW + 8
+    span = H_WIDTH - LABEL_W - 64
+    fill = COLOURS[colour % len(COLOURS)]
+    parts = [
+        f'<svg class="chart hbars" viewBox="0 0 {H_WIDTH} {height}" role="img" '
+        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+        f"<title>{escape(title)}</title>",
+        f'<line x1="{LABEL_W}" y1="2" x2="{LABEL_W}" y2="{height - 4}" stroke="#555"/>',
+    ]
+    for i, (label, v) in enumerate(zip(labels, values, strict=False)):
+        y = 4 + i * ROW
+        parts.append(
+            f'<text x="{LABEL_W - 6}" y="{y + 16}" text-anchor="end" font-size="13">'
+            f"{escape(_short(label))}</text>"
+        )
+        shown = "—" if v is None else value_format.format(v) + unit
+        w = 0.0 if v is None else span * v / top
+        parts.append(
+            f'<rect x="{LABEL_W}" y="{y + 3}" width="{max(w, 1):.1f}" height="{ROW - 8}" '
+            f'fill="{fill}"><title>{escape(label)}: {escape(shown)}</title></rect>'
+            f'<text x="{LABEL_W + w + 6:.1f}" y="{y + 16}" font-size="13">{escape(shown)}</text>'
+        )
+    parts.append("</svg>")
+    out = Markup("".join(parts))  # escaped above
+    if not name:
+        return out
+    return out + Markup(
+        '<ul class="legend"><li><span class="swatch" style="background:{}"></span>{}</li></ul>'
+    ).format(fill, name)

@@ -21,6 +21,7 @@ from yunnao.cascade.peers import PeerStatus
 from yunnao.plugins.errors import FieldError, Forbidden, NotFound, ValidationFailed, YunnaoError
 from yunnao.registry import access, names, schemas, search
 from yunnao.registry.access import Action, Identity
+from yunnao.registry.health_view import add_health
 from yunnao.registry.http import is_loopback
 from yunnao.registry.identity import tokens
 from yunnao.registry.identity.middleware import SESSION_COOKIE, identity_of
@@ -28,7 +29,7 @@ from yunnao.runtimes.adapters.sandbox.status import sandbox_status
 from yunnao.runtimes.gateway import usage_stats
 from yunnao.runtimes.gateway.v2 import tensor_specs, v2_callable
 
-from . import authors, charts, forms, i18n, snippets, sso, text, tryit
+from . import access_panel, authors, charts, forms, i18n, snippets, sso, text, tryit
 from .names import Namer
 
 _HERE = Path(__file__).parent
@@ -63,6 +64,7 @@ def _render(request: Request, template: str, status: int = 200, **context: Any) 
             identity, Action.READ_NODE, access.Entry(settings.node_id)
         ).allowed,
         may_publish=authors.may_publish(identity, settings.node_id),
+        may_assess=access.decide(identity, Action.AUDIT, access.Entry(settings.node_id)).allowed,
         **context,
     )
     return HTMLResponse(html, status_code=status, headers={"Content-Language": lang})
@@ -158,6 +160,7 @@ async def home(request: Request) -> Response:
         page = 1
     query = search.SearchQuery(q=q, filters=filters, page=page, per_page=PER_PAGE)
     result = await _run(store.search, identity_of(request), query)
+    await add_health(request, result.items)  # live: reachable now, p50, success rate
     summary_of = Namer(i18n.language(request)).summary
     params = [(k, v) for k, v in request.query_params.multi_items() if k in ("q", *FACETS) and v]
     pages = max(1, -(-result.total // PER_PAGE))
@@ -225,6 +228,7 @@ async def capability(request: Request) -> Response:
     identity = identity_of(request)
     store = request.app.state.catalog.store
     cap, _etag = await _run(store.describe, identity, namespace, name)
+    await add_health(request, [cap])
     versions: list[schemas.Version] = await _run(store.list_versions, identity, namespace, name)
     current = next((v for v in versions if v.version == cap.latest_version), None)
     if current is None and versions:
@@ -273,10 +277,12 @@ async def capability(request: Request) -> Response:
             str(request.base_url).rstrip("/"), namespace, name, sample, tensors, anonymous=anyone
         ),
         anyone=anyone,
+        down_since=authors.beijing(cap.health.since if cap.health else None),
         usage=usage,
         charts=charts_html,
         callable_=current is not None and current.status in ("published", "deprecated"),
         author_actions=authors.version_actions(identity, cap, versions, store.node_id),
+        access_request=await access_panel.panel(request, cap),
     )
 
 
@@ -351,6 +357,12 @@ def _next(request: Request, fallback: str = "/") -> str:
     return target if target.startswith("/") and not target.startswith("//") else fallback
 
 
+def landing(path: str) -> str:
+    """Where a sign-in ends: the page it started from, but the federation overview (the
+    staff's landing page) instead of the catalog's first page."""
+    return "/overview" if path == "/" else path
+
+
 @_page
 async def signin(request: Request) -> Response:
     settings = request.app.state.settings
@@ -405,7 +417,7 @@ async def signin(request: Request) -> Response:
         ),
         ttl=timedelta(hours=SESSION_HOURS),
     )
-    response = RedirectResponse(_next(request), status_code=303)
+    response = RedirectResponse(landing(_next(request)), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         token,

@@ -146,7 +146,8 @@ async def callback(request: Request) -> Response:
     next_path = str(flow.get("next") or "/")
     if not next_path.startswith("/") or next_path.startswith("//"):
         next_path = "/"
-    response = RedirectResponse(next_path, status_code=303)
+    # The federation overview is the staff's landing page, rather than the catalog's first.
+    response = RedirectResponse("/overview" if next_path == "/" else next_path, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         session,

@@ -66,6 +66,8 @@ class Capability:
     version: str
     summary: str = ""
     description: str = ""
+    summary_en: str = ""  # for English pages, when summary and description are Chinese
+    description_en: str = ""
     kind: Kind = "algorithm"
     domain: Domain = "other"
     tags: list[str] = field(default_factory=list)
@@ -116,6 +118,8 @@ class Capability:
             "title": self.title,
             "summary": self.summary,
             "description": self.description,
+            "summary_en": self.summary_en,
+            "description_en": self.description_en,
             "kind": self.kind,
             "domain": self.domain,
             "tags": list(self.tags),
@@ -191,6 +195,8 @@ def capability(
     version: str = "0.1.0",
     summary: str = "",
     description: str | None = None,
+    summary_en: str = "",
+    description_en: str = "",
     kind: Kind = "algorithm",
     domain: Domain = "other",
     tags: Sequence[str] = (),
@@ -205,7 +211,8 @@ def capability(
 ) -> Callable[[Callable[..., Any] | type], Capability]:
     """Describe a function or class as a capability.
 
-    ``description`` defaults to the target's docstring (Markdown). ``examples`` are
+    ``description`` defaults to the target's docstring (Markdown); ``summary_en`` and
+    ``description_en`` are English versions that English pages show instead. ``examples`` are
     ``{"title"?, "input", "output"?}`` dicts; their inputs are checked against the
     input schema now. ``requirements`` are pip requirement strings the capability needs
     at run time. ``artifacts`` maps names to files, relative to the module's directory,
@@ -230,6 +237,8 @@ def capability(
             version=version,
             summary=summary,
             description=inspect.cleandoc(description or target.__doc__ or ""),
+            summary_en=summary_en,
+            description_en=inspect.cleandoc(description_en),
             kind=kind,
             domain=domain,
             tags=list(tags),

@@ -43,7 +43,8 @@ that sight is recorded in the audit log (:data:`SIGHT`).
 
 A grant names a subject together with the node that vouches for it (a plain subject is
 one of the node owning the entry), so the same subject name issued by another node, or
-claimed by a linked node for a caller, matches nothing. Drafts and entries whose
+claimed by a linked node for a caller, matches nothing; a grant past its ``expires_at``
+matches nobody, at every node. Drafts and entries whose
 versions are all retired are seen only by those who may write their namespace. What a
 caller may not discover is answered as absent (404), so probing reveals nothing.
 """
@@ -54,6 +55,7 @@ import json
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -258,13 +260,17 @@ def matches(identity: Identity, rule: AccessRule) -> bool:
     return not rule.departments or bool(dept and any(in_scope(dept, d) for d in rule.departments))
 
 
-def grant_matches(identity: Identity, grant: str | Grant, owner: str) -> bool:
+def grant_matches(
+    identity: Identity, grant: str | Grant, owner: str, *, now: datetime | None = None
+) -> bool:
     """Does ``grant`` (in an entry owned by node ``owner``) name ``identity``: the same
-    subject, vouched for by the same node?"""
+    subject, vouched for by the same node, and not expired (``expires_at`` past ``now``)?"""
     if identity.subject is None or identity.node is None:
         return False
     if isinstance(grant, str):
         return grant == identity.subject and identity.node == owner
+    if grant.expires_at is not None and grant.expires_at <= (now or datetime.now(UTC)):
+        return False
     return grant.subject == identity.subject and grant.node == identity.node
 
 

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from yunnao.plugins.capability import Capability
 from yunnao.plugins.errors import FieldError, Forbidden, NotFound, Unavailable, ValidationFailed
 
-from . import names, schemas, search
+from . import health_view, names, schemas, search
 from .access import Action, require, require_role
 from .bindings import require_binding
 from .http import json_response, not_modified, parse_query, read_model
@@ -135,6 +135,7 @@ async def search_capabilities(request: Request) -> Response:
         per_page=params.per_page,
     )
     page = await _run(_catalog(request).store.search, identity_of(request), query)
+    await health_view.add_health(request, page.items)
     body = schemas.SearchPage(
         items=page.items,
         total=page.total,
@@ -149,7 +150,10 @@ async def search_capabilities(request: Request) -> Response:
 async def show_capability(request: Request) -> Response:
     namespace, name = _path(request)
     cap, etag = await _run(_catalog(request).store.describe, identity_of(request), namespace, name)
-    return not_modified(request, etag) or json_response(cap, etag=etag)
+    if (unchanged := not_modified(request, etag)) is not None:
+        return unchanged
+    await health_view.add_health(request, [cap])  # live: not part of the ETag
+    return json_response(cap, etag=etag)
 
 
 async def list_versions(request: Request) -> Response:

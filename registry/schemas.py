@@ -6,12 +6,20 @@ rather than silently dropped data.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+)
 
 from . import names
 
@@ -92,6 +100,12 @@ def _rate_limit(value: str) -> str:
     return value
 
 
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+    return value.astimezone(UTC)
+
+
 NodeRef = Annotated[str, AfterValidator(_node_ref)]
 Department = Annotated[str, AfterValidator(_department)]
 Subject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -119,6 +133,20 @@ class Grant(Strict):
 
     subject: Subject
     node: NodeRef
+    expires_at: Annotated[datetime, AfterValidator(_utc)] | None = Field(
+        None,
+        description="when the grant stops counting (UTC); absent: it does not expire. "
+        "An expired grant names nobody, at every node",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_no_expiry(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A grant that does not expire serializes as it did before expiry existed, so
+        # the content hashes and ETags of existing entries stay the same.
+        out: dict[str, Any] = handler(self)
+        if out.get("expires_at") is None:
+            out.pop("expires_at", None)
+        return out
 
 
 class Access(Strict):
@@ -264,6 +292,19 @@ class TransitionRequest(Strict):
     status: Status
 
 
+class CapabilityHealth(BaseModel):
+    """Whether a capability's origin can be reached now, and how it served lately (not
+    part of any content hash or ETag)."""
+
+    reachable: bool
+    state: str = Field(description="ok, late, down or unknown: its origin node's state")
+    checked_at: datetime | None = Field(default=None, description="the probe it is based on")
+    since: datetime | None = Field(default=None, description="when it entered this state")
+    p50_ms: float | None = Field(default=None, description="median latency, last 7 days")
+    success_rate: float | None = Field(default=None, description="2xx share, last 7 days")
+    calls: int = Field(default=0, description="calls in the last 7 days")
+
+
 class CapabilitySummary(BaseModel):
     id: str = Field(description="namespace/name")
     namespace: str
@@ -280,6 +321,9 @@ class CapabilitySummary(BaseModel):
     runtime: str | None
     origin_node: str
     updated_at: datetime
+    health: CapabilityHealth | None = Field(
+        default=None, description="live: its origin reachable now, recent p50 and success"
+    )
 
 
 class Capability(CapabilitySummary):

@@ -313,6 +313,75 @@ class UsageRecord(SQLModel, table=True):
     latency_ms: float
     request_id: str | None = Field(default=None, max_length=128)
     error_id: str | None = Field(default=None, max_length=32)
+    # Where the caller belongs (Identity.node / own_department), and the linked node
+    # that forwarded the call (None: made at this node): the assessment's split of calls
+    # into the same department, other departments and other nodes.
+    caller_node: str | None = Field(default=None, max_length=330)
+    caller_department: str | None = Field(default=None, max_length=370)
+    forwarded_by: str | None = Field(default=None, max_length=330)
+
+
+class UsageDaily(SQLModel, table=True):
+    """One origin node's calls of one capability on one day (Beijing time), by outcome,
+    by where the callers came from, and as a latency histogram (so days and capabilities
+    add up exactly, percentiles at the histogram's resolution). A node computes its own
+    rows from its usage records; its parent holds them as its signed ``usage`` feed items
+    carry them up the cascade. ``name`` is "" for the summed calls of capabilities that
+    may not leave their node (restricted), so only their department is named above."""
+
+    __tablename__ = "usage_daily"
+
+    node: str = Field(primary_key=True, max_length=330)  # the origin node that served them
+    day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD, Asia/Shanghai
+    namespace: str = Field(primary_key=True, max_length=370)
+    name: str = Field(primary_key=True, max_length=64)
+    calls: int = 0
+    ok: int = 0  # 2xx
+    errors: int = 0  # 5xx (the capability or its runtime failed, or timed out)
+    refused: int = 0  # 401, 403, 429: not allowed or over a limit
+    invalid: int = 0  # other 4xx: the caller's input
+    same_department: int = 0
+    other_department: int = 0  # this node's other departments, anonymous callers too
+    other_node: int = 0  # callers of another node (forwarded through the cascade)
+    latency_hist: list[int] = Field(default_factory=list, sa_type=JSONType)
+    updated_at: datetime = _ts()
+
+
+class ProbeDaily(SQLModel, table=True):
+    """This node's live probes of another node on one day (Beijing time): how many were
+    made and how many it answered in time (the other node's availability as seen here)."""
+
+    __tablename__ = "probe_daily"
+
+    node: str = Field(primary_key=True, max_length=330)
+    day: str = Field(primary_key=True, max_length=10)
+    probes: int = 0
+    ok: int = 0
+    updated_at: datetime = _ts()
+
+
+class AccessRequest(SQLModel, table=True):
+    """Someone who may find a capability asking to call it (权限申请), kept at the node that
+    owns the capability, where its department decides; approval adds a grant (optionally
+    expiring) to the capability's access rules."""
+
+    __tablename__ = "access_request"
+
+    id: str = Field(primary_key=True, max_length=32)
+    namespace: str = Field(index=True, max_length=370)
+    name: str = Field(max_length=64)
+    requester: str = Field(index=True, max_length=500)  # the subject
+    requester_node: str = Field(max_length=330)  # the node that vouches for the subject
+    requester_department: str | None = Field(default=None, max_length=370)
+    via: str | None = Field(default=None, max_length=330)  # the linked node it came through
+    reason: str = Field(max_length=2000)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # asked/granted
+    # pending → approved | refused | withdrawn
+    status: str = Field(index=True, max_length=16)
+    decided_by: str | None = Field(default=None, max_length=500)
+    decision_reason: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _ts(index=True)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Package(SQLModel, table=True):

@@ -27,11 +27,20 @@ from yunnao.cascade.feed import Feed
 from yunnao.cascade.history import LagHistory
 from yunnao.cascade.metrics import CascadeCollector
 from yunnao.cascade.peers import PeerKeys, PeerStore
+from yunnao.cascade.prober import Prober
 from yunnao.cascade.sync import Replicator
+from yunnao.cascade.usage_items import UsageRollup
 from yunnao.plugins.errors import YunnaoError
 from yunnao.plugins.loader import Plugins
 from yunnao.registry import api, audit_api, db, keys_api, migrate, names_api, node_api, openapi
+from yunnao.registry.access_forwarding import Forwarder
+from yunnao.registry.access_requests import AccessRequests
+from yunnao.registry.access_requests_api import ENDPOINTS as ACCESS_REQUEST_ENDPOINTS
+from yunnao.registry.assessment_api import ENDPOINTS as ASSESSMENT_ENDPOINTS
 from yunnao.registry.audit import AuditLog, AuditMiddleware
+from yunnao.registry.health import HealthBoard
+from yunnao.registry.health_api import ENDPOINTS as HEALTH_ENDPOINTS
+from yunnao.registry.health_view import title_lookup
 from yunnao.registry.identity import tokens
 from yunnao.registry.identity.apikeys import ApiKeys
 from yunnao.registry.identity.assertions import AssertionIssuer
@@ -241,11 +250,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     assertions = AssertionIssuer(key, node_id)
     peers = PeerStore(store, key)
     peer_keys = PeerKeys(peers)
-    runtimes = Runtimes(
-        plugins.runtimes,
-        settings.runtimes,
-        runtime_context(settings, plugins, models, peer_keys, assertions),
+    # Live health of the linked nodes and the circuit breakers of calls forwarded to them.
+    health = HealthBoard(
+        node_id,
+        open_for=settings.breaker_open_for,
+        title=title_lookup(Titles(engine, node_id)),
     )
+    context = runtime_context(settings, plugins, models, peer_keys, assertions)
+    context.health = health
+    runtimes = Runtimes(plugins.runtimes, settings.runtimes, context)
     metrics = Metrics()
     usage = UsageLog(engine)
     gateway = Gateway(
@@ -294,6 +307,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     metrics.registry.register(CascadeCollector(peers))
     lag_history = LagHistory(peers)
+    prober = Prober(
+        board=health,
+        peers=peers,
+        assertion=assertions.cascade,
+        engine=engine,
+        interval=settings.health_probe_interval,
+        timeout=settings.health_probe_timeout,
+        late_after=settings.health_late_after,
+        recovered=replicator.wake,
+    )
 
     # What /readyz and the operator page say about the sandbox.
     env_usage = EnvironmentUsage(settings.data_dir.resolve() / "packages" / "envs")
@@ -306,8 +329,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         + api.ENDPOINTS
         + keys_api.ENDPOINTS
         + names_api.ENDPOINTS
+        + ACCESS_REQUEST_ENDPOINTS
         + usage_api.ENDPOINTS
         + audit_api.ENDPOINTS
+        + HEALTH_ENDPOINTS
+        + ASSESSMENT_ENDPOINTS
         + packages_api.ENDPOINTS
         + cascade_api.ENDPOINTS
     )
@@ -353,8 +379,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.cascade_sync:
         background.append(replicator.run)
     background.append(lag_history.run)
+    background.append(prober.run)
     if settings.cascade_keep_days is not None:
         background.append(partial(compaction.run_hourly, feed, settings.cascade_keep_days))
+    usage_rollup = UsageRollup(engine, node_id, key, interval=settings.usage_rollup_interval)
+    background.append(usage_rollup.run)
 
     app = Starlette(
         routes=routes,
@@ -409,6 +438,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         replicator=replicator,
     )
     app.state.titles = Titles(engine, node_id)
+    app.state.access_requests = AccessRequests(
+        store, forward=Forwarder(peer_keys.url, assertions.invoke)
+    )
     app.state.settings = settings
     app.state.api_keys = api_keys
     app.state.audit = audit
@@ -419,6 +451,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.sso = sso
     app.state.verify = credentials.verify
     app.state.lag_history = lag_history
+    app.state.health = health
     app.state.usage_engine = engine
+    app.state.usage_rollup = usage_rollup
     app.state.stopping = threading.Event()  # set when the server begins to shut down
     return app

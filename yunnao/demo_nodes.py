@@ -25,6 +25,18 @@ from rich.progress import Progress, TaskID
 
 CITY = ("sd.qd", "青岛市")
 DISTRICTS = (("sd.qd.shinan", "市南区"), ("sd.qd.laoshan", "崂山区"))
+# English titles of the nodes, and the departments' titles by the last part of their
+# namespace (the example plugins' entry-point names), prefixed with the district's title.
+TITLES_EN = {
+    "sd.qd": "Qingdao",
+    "sd.qd.shinan": "Shinan District",
+    "sd.qd.laoshan": "Laoshan District",
+}
+DEPARTMENTS = {
+    "traffic": ("交通运输局", "Transport Bureau"),
+    "env": ("生态环境局", "Ecology and Environment Bureau"),
+    "urban": ("城市管理局", "Urban Management Bureau"),
+}
 STOP_GRACE = 20.0  # seconds a node may take to shut down before it is killed
 LOG_TAIL = 40  # lines of a failed node's log that are shown
 

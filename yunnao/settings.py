@@ -75,6 +75,28 @@ class Settings(BaseSettings):
         description="compact superseded changes and tombstones older than this from the feed "
         "(hourly); followers further behind read it again from the start. None: never",
     )
+    health_probe_interval: float = Field(
+        3.0, gt=0, le=300, description="seconds between live probes of each linked node"
+    )
+    health_probe_timeout: float = Field(
+        2.0, gt=0, le=60, description="seconds a linked node has to answer a probe"
+    )
+    health_late_after: float = Field(
+        60.0, gt=0, description="seconds of cascade lag after which a linked node is late"
+    )
+    usage_rollup_interval: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="seconds between recomputing this node's daily usage figures and "
+        "sending those that changed up the cascade",
+    )
+    breaker_open_for: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="seconds calls to an unreachable node are refused before one trial call",
+    )
     oidc_issuer: str | None = Field(
         None,
         description="single sign-on: the OpenID Connect issuer whose bearer tokens this node "

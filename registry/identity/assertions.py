@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ TTL = timedelta(minutes=5)
 PURPOSES = ("cascade", "invoke")
 CASCADE_ROUTES = "/v1/cascade/"
 INVOKE_ROUTES = "/v1/invoke/"
+# Access requests for a cascaded capability go to its origin the same way: a POST of the
+# request, or a GET of the requester's own requests (.../access-requests/mine).
+ACCESS_REQUEST_ROUTE = re.compile(r"^/v1/capabilities/[^/]+/[^/]+/access-requests(/mine)?$")
 MAX_VISITED = 64  # deeper than any node tree; a longer list is not a real call
 
 
@@ -221,7 +225,9 @@ def _binding(claims: dict[str, object], peer: str) -> tuple[str, tuple[str, ...]
         claims.get("visited", []),
         claims.get("deadline"),
     )
-    if not isinstance(route, str) or not route.startswith(INVOKE_ROUTES):
+    if not isinstance(route, str) or not (
+        route.startswith(INVOKE_ROUTES) or ACCESS_REQUEST_ROUTE.match(route)
+    ):
         raise Unauthorized(f"assertion from node {peer} names no route to invoke")
     if (
         not isinstance(visited, list)
@@ -252,7 +258,8 @@ def _outside(peer: str, relation: str | None, node_id: str, what: str) -> str:
 
 def check_use(identity: Identity, method: str, path: str, seen: OneTimeIds) -> None:
     """Refuse (401) an assertion used for what it was not made for: an invoke assertion
-    on any request but ``POST`` of its own route, or a second time; a cascade assertion
+    on any request but ``POST`` of its own route (``GET`` for a requester's own access
+    requests, ``.../access-requests/mine``), or a second time; a cascade assertion
     outside the cascade routes."""
     if not isinstance(identity, Forwarded):
         return
@@ -263,9 +270,11 @@ def check_use(identity: Identity, method: str, path: str, seen: OneTimeIds) -> N
                 f"assertion from node {peer} is for the cascade routes only, not {method} {path}"
             )
         return
-    if method != "POST" or path != identity.route:
+    route = identity.route or ""
+    allowed = "GET" if route.endswith("/access-requests/mine") else "POST"
+    if method != allowed or path != route:
         raise Unauthorized(
-            f"assertion from node {peer} was made for POST {identity.route}, not {method} {path}"
+            f"assertion from node {peer} was made for {allowed} {route}, not {method} {path}"
         )
     assert identity.jti is not None and peer is not None
     seen.use(identity.jti, identity.expires, peer=peer)

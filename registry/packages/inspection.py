@@ -70,6 +70,8 @@ class CapabilitySpec(_Strict):
     title: Short
     summary: Text
     description: Text
+    summary_en: Text = ""
+    description_en: Text = ""
     kind: Short
     domain: Short
     tags: Annotated[list[Short], Field(max_length=64)]

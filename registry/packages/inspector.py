@@ -186,6 +186,8 @@ def _describe_capability(cap: Any, root: Path, problems: list[dict[str, Any]]) -
         "title": cap.title,
         "summary": cap.summary,
         "description": cap.description,
+        "summary_en": cap.summary_en,
+        "description_en": cap.description_en,
         "kind": cap.kind,
         "domain": cap.domain,
         "tags": list(cap.tags),

@@ -113,6 +113,8 @@ class Uploaded:
             "title": self.spec.title,
             "summary": self.spec.summary,
             "description": self.spec.description,
+            "summary_en": self.spec.summary_en,
+            "description_en": self.spec.description_en,
             "kind": self.spec.kind,
             "domain": self.spec.domain,
             "tags": list(self.spec.tags),

@@ -107,6 +107,9 @@ class RuntimeContext:
     # yunnao.registry.identity.assertions).
     peer_url: Callable[[str], str | None] | None = None
     assertion: Callable[..., str] | None = None
+    # The node's health board and circuit breakers (yunnao.registry.health.HealthBoard):
+    # the remote runtime asks it before forwarding and tells it how the call went.
+    health: Any = None
 
 
 @dataclass(frozen=True)

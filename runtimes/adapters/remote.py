@@ -9,11 +9,18 @@ origin's answer, error or not, comes back as it was given (problem+json included
 The assertion also carries the nodes the call has visited and the caller's deadline:
 a call that would reach a node twice is refused with 508 (here, before it is sent,
 and at the node that would see it again), and each hop gets only the time left.
+
+Calls go through this node's circuit breaker (``RuntimeContext.health``, a
+:class:`~yunnao.registry.health.HealthBoard`): a call towards a node that is down, or
+whose breaker is open, is refused at once with a 503 naming the node and since when it
+is unreachable; a call that cannot connect or gets no answer in time opens the breaker,
+and any answer closes it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -77,7 +84,6 @@ class RemoteRuntime:
     async def invoke(self, target: Target, inputs: dict[str, Any], *, timeout: float) -> Any:
         node, url = self._url(target)
         call = current_call.get()
-        caller = call.caller if call is not None else ANONYMOUS
         here = self.context.node_id
         visited = (*(call.visited if call is not None else ()), here)
         if node in visited:
@@ -93,6 +99,39 @@ class RemoteRuntime:
         if left <= 0:
             raise InvocationTimeout(f"the caller's deadline passed before node {node} was called")
         timeout = min(timeout, left)
+        board = self.context.health
+        if board is not None:
+            self._check_reachable(board, target, node)
+        try:
+            return await self._forward(target, inputs, node, url, timeout, call, visited, deadline)
+        except BaseException:
+            if board is not None:
+                board.release(node)  # a half-open trial that ended without an answer
+            raise
+
+    def _check_reachable(self, board: Any, target: Target, node: str) -> None:
+        """Refuse (503) at once a call towards a node known to be down: the origin (as
+        reported down the tree), or the next hop whose breaker is open."""
+        origin = str(target.config.get("origin") or "")
+        retry = max(1, math.ceil(board.open_for))
+        if origin and origin != node and not board.reachable(origin):
+            raise RuntimeDown(f"{target.id}: {board.why_down(origin)}", retry_after=retry)
+        if not board.allow(node):
+            raise RuntimeDown(f"{target.id}: {board.why_down(node)}", retry_after=retry)
+
+    async def _forward(
+        self,
+        target: Target,
+        inputs: dict[str, Any],
+        node: str,
+        url: str,
+        timeout: float,
+        call: Any,
+        visited: tuple[str, ...],
+        deadline: float,
+    ) -> Any:
+        board = self.context.health
+        caller = call.caller if call is not None else ANONYMOUS
         path = f"/v1/invoke/{target.namespace}/{target.name}@{target.version}"
         assert self.context.assertion is not None
         assertion = self.context.assertion(
@@ -114,9 +153,18 @@ class RemoteRuntime:
                 data = await resp.json(content_type=None)
                 status = resp.status
         except TimeoutError:
+            if board is not None:
+                board.failure(node, f"no answer to a call of {target.id} in time")
             raise InvocationTimeout(f"node {node} did not answer {target.id} in time") from None
         except (aiohttp.ClientError, ValueError) as exc:
+            if board is not None:
+                if isinstance(exc, aiohttp.ClientError):
+                    board.failure(node, f"cannot be reached: {type(exc).__name__}")
+                else:
+                    board.success(node)  # it answered, if not with JSON
             raise RuntimeDown(f"node {node} cannot be reached: {exc}", retry_after=5) from None
+        if board is not None:
+            board.success(node)
         if status == 200:
             return data.get("output") if isinstance(data, dict) else data
         if not isinstance(data, dict):

@@ -479,5 +479,8 @@ class Gateway:
                     caller=identity.subject,
                     request_id=request_id,
                     error_id=error_id,
+                    caller_node=identity.node,
+                    caller_department=identity.own_department,
+                    forwarded_by=identity.peer,
                 )
             )

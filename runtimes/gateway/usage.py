@@ -25,7 +25,7 @@ log = logging.getLogger("yunnao.usage")
 
 _COLUMNS = (
     "at", "caller", "namespace", "name", "version", "runtime", "mode", "status",
-    "latency_ms", "request_id", "error_id",
+    "latency_ms", "request_id", "error_id", "caller_node", "caller_department", "forwarded_by",
 )  # fmt: skip
 
 
@@ -42,6 +42,12 @@ class Usage:
     request_id: str | None = None
     error_id: str | None = None
     at: datetime = field(default_factory=utcnow)
+    # Where the caller belongs (its node, and its department as that node vouches) and
+    # the linked node that forwarded the call (None: made here), for the daily split of
+    # calls into the same department, other departments and other nodes.
+    caller_node: str | None = None
+    caller_department: str | None = None
+    forwarded_by: str | None = None
 
 
 class UsageLog:
@@ -79,7 +85,8 @@ class UsageLog:
         at = UsageRecord.__table__.c.at.type.bind_processor(dialect)  # type: ignore[attr-defined]
         rows = [
             (at(u.at) if at else u.at, u.caller, u.namespace, u.name, u.version, u.runtime,
-             u.mode, u.status, u.latency_ms, u.request_id, u.error_id)
+             u.mode, u.status, u.latency_ms, u.request_id, u.error_id, u.caller_node,
+             u.caller_department, u.forwarded_by)
             for u in batch
         ]  # fmt: skip
         with row_write(self.engine) as conn:

@@ -91,7 +91,8 @@ def test_the_dev_sign_in_and_its_limits(sqlite_node: Node) -> None:
         bad = client.post("/signin", data={**form, "role": "root"}, follow_redirects=False)
         assert bad.status_code == 422 and "role" in bad.text
         done = client.post("/signin?next=//evil.example/x", data=form, follow_redirects=False)
-        assert done.status_code == 303 and done.headers["location"] == "/"
+        # Never another site; signed in, staff land on the federation overview.
+        assert done.status_code == 303 and done.headers["location"] == "/overview"
         cookie = done.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=lax" in cookie
         assert "王芳" in client.get("/").text

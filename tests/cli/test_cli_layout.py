@@ -15,7 +15,7 @@ from yunnao.cli import main
 CLI = Path(yunnao.cli.__file__).parent
 GROUPS = {
     "node", "catalog", "invoking", "cascade", "keys", "audit", "demo", "authoring", "profiles",
-    "names",
+    "names", "access", "assessment",
 }  # fmt: skip
 SHARED = {"common", "uploads"}
 
@@ -55,7 +55,7 @@ def test_every_group_module_mounts_its_commands_on_main() -> None:
         "serve", "db", "search", "show", "invoke", "runtime", "token", "plugins",
         "publish", "cascade", "key", "audit", "usage", "demo",
         "versions", "deprecate", "retire", "edit", "publish-jobs", "login", "logout", "profiles",
-        "node", "namespace",
+        "node", "namespace", "access", "assessment",
     }  # fmt: skip
     for command in main.commands.values():
         assert isinstance(command, click.Command)

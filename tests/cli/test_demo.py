@@ -100,6 +100,10 @@ def test_demo_links_a_city_and_two_districts_and_stops_them_on_ctrl_c(tmp_path: 
             assert {i["id"] for i in at_city["items"]} == {i["id"] for i in own["items"]}
             assert {i["origin_node"] for i in at_city["items"]} == {district}
 
+        # The districts named themselves and their departments; the city shows the names.
+        page = httpx.get(f"{city}/", params={"node": DISTRICTS[0]}).text
+        assert "市南区" in page and "市南区交通运输局" in page, page[:2000]
+
         # A public district capability called at the city answers as at the district.
         shinan = districts[DISTRICTS[0]]
         ref = f"{DISTRICTS[0]}.traffic/flow-forecast"

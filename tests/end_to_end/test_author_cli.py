@@ -82,10 +82,11 @@ def test_an_author_publishes_a_project_folder_and_manages_it_from_the_command_li
     assert [v["version"] for v in json.loads(listed.stdout)["items"]] == ["1.0.0"]
 
     edited = author.run("edit", f"{NS}/greet", "--title", "问候服务", "--tag", "a", "--tag", "b",
-                        "--contact", "desk@qd.gov.cn")  # fmt: skip
+                        "--contact", "desk@qd.gov.cn", "--summary-en", "Greets")  # fmt: skip
     assert edited.returncode == 0, edited.stderr
     cap = author.get(f"/v1/capabilities/{NS}/greet")
     assert (cap["title"], cap["tags"], cap["contact"]) == ("问候服务", ["a", "b"], "desk@qd.gov.cn")
+    assert cap["summary_en"] == "Greets"
 
     deprecated = author.run("deprecate", f"{NS}/greet@1.0.0")
     assert deprecated.returncode == 0, deprecated.stderr

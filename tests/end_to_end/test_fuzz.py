@@ -246,7 +246,9 @@ class FuzzNode:
         assert resp.status_code == 200, resp.text
         versions = self.node.client.get(entry.path + "/versions", headers=admin)
         assert versions.status_code == 200, versions.text
-        return resp.json(), versions.json()
+        entry = resp.json()
+        entry.pop("health", None)  # live state (reachability, recent calls), not content
+        return entry, versions.json()
 
 
 def _invoke_document(node: Node) -> dict[str, Any]:

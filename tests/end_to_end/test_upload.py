@@ -172,8 +172,11 @@ def node_state(cwd: Path) -> dict[str, list[str]]:
     models, runs and artifact files, unpacked code, environments and uploads."""
     var = cwd / "var"
     with sqlite3.connect(var / "registry.db") as db:
+        # The node's own daily usage items (appended to the change log by a background
+        # loop whenever its figures change) are not something a publish leaves behind.
+        only = {"change": " WHERE entity != 'usage'"}
         rows = {
-            table: sorted(str(r) for r in db.execute(f"SELECT * FROM {table}"))
+            table: sorted(str(r) for r in db.execute(f"SELECT * FROM {table}{only.get(table, '')}"))
             for table in REGISTRY_TABLES
         }
     rows["mlflow.registered_models"] = rows["mlflow.runs"] = []

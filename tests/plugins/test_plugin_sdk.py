@@ -150,3 +150,25 @@ class Opaque:
 
 def _opaque(x: Opaque) -> int:
     return 0
+
+
+def test_english_texts_travel_with_the_capability() -> None:
+    from yunnao.registry.publishing import publish_request
+
+    @capability(
+        name="air-anomaly",
+        title="空气质量异常检测",
+        summary="找出PM2.5读数明显偏离其他站点的监测站",
+        summary_en="Flags stations whose PM2.5 is far from the others",
+        description_en="""
+            Compares each station with the **median** of the others.
+        """,
+    )
+    def detect(readings: list[Station]) -> list[Anomaly]:
+        """与其他站点的**中位数**比较。"""
+        return []
+
+    request = publish_request(detect, "published")
+    assert request.summary_en == "Flags stations whose PM2.5 is far from the others"
+    assert request.description_en == "Compares each station with the **median** of the others."
+    assert request.description == "与其他站点的**中位数**比较。"

@@ -444,9 +444,13 @@ BODIES: dict[str, Any] = {
     "createApiKey": {"name": "mine", "role": "admin", "scopes": [NODE]},
     "cascadeAddPeer": {"id": "sd.qd.evil", "relation": "child", "public_key": "00" * 32},
     "cascadeIngest": {"since": 0, "next": 0, "head": 0, "items": []},
+    "createAccessRequest": {"reason": "taken over"},
+    "approveAccessRequest": {},
+    "refuseAccessRequest": {"reason": "taken over"},
 }
 # Calls, not changes: they may succeed (and change nothing in the registry).
-CALLS = {"invoke", "v2Infer", "v2InferVersion"}
+# An access request is asked, not granted: it changes nothing in the registry.
+CALLS = {"invoke", "v2Infer", "v2InferVersion", "createAccessRequest"}
 
 
 def test_a_district_author_changes_nothing_outside_their_district_by_any_endpoint(
@@ -483,7 +487,9 @@ def test_a_district_author_changes_nothing_outside_their_district_by_any_endpoin
             cap = authz.client.get(f"/v1/capabilities/{ns}/{name}", headers=admin)
             versions = authz.client.get(f"/v1/capabilities/{ns}/{name}/versions", headers=admin)
             assert cap.status_code == 200, cap.text
-            out.append((cap.json(), cap.headers["etag"], versions.json()))
+            entry = cap.json()
+            entry.pop("health", None)  # live state (reachability, recent calls), not content
+            out.append((entry, cap.headers["etag"], versions.json()))
         peers_now = authz.client.get("/v1/cascade/peers", headers=admin).json()
         keys_now = authz.client.get("/v1/keys", headers=admin).json()
         return [out, sorted(p["id"] for p in peers_now["items"]), keys_now]
@@ -510,6 +516,7 @@ def test_a_district_author_changes_nothing_outside_their_district_by_any_endpoin
                 model=f"{ns}.{name}",
                 peer="sd.qd.laoshan",
                 key_id="k1",
+                id="0" * 32,
             )
             body = BODIES.get(op_id)
             if op_id == "publishPlugin":

@@ -28,6 +28,8 @@ import click
 
 from yunnao import __version__
 
+from .access import access
+from .assessment import assessment
 from .audit import audit, usage
 from .authoring import deprecate, edit, publish_jobs, retire, versions
 from .cascade import cascade
@@ -59,6 +61,6 @@ for command in (
     serve, db, search, show, invoke, runtime, token, plugins, publish,
     cascade, key, audit, usage, demo,
     versions, deprecate, retire, edit, publish_jobs, login, logout, profiles_list,
-    node_group, namespace_group,
+    node_group, namespace_group, access, assessment,
 ):  # fmt: skip
     main.add_command(command)

@@ -91,8 +91,8 @@ def retire(ref: str, yes: bool, remote: Remote, as_json: bool) -> None:
     _transition(remote, ref, "retired", as_json)
 
 
-EDITABLE = ("title", "summary", "description", "kind", "domain", "classification", "owner",
-            "contact", "license")  # fmt: skip
+EDITABLE = ("title", "summary", "description", "summary-en", "description-en", "kind", "domain",
+            "classification", "owner", "contact", "license")  # fmt: skip
 
 
 @click.command()
@@ -100,6 +100,8 @@ EDITABLE = ("title", "summary", "description", "kind", "domain", "classification
 @click.option("--title", help="Display title")
 @click.option("--summary", help="One-line summary")
 @click.option("--description", help="Markdown description (see also --description-file)")
+@click.option("--summary-en", help="The summary in English, for English pages")
+@click.option("--description-en", help="The description in English (Markdown)")
 @click.option(
     "--description-file",
     type=click.File("r", encoding="utf-8"),

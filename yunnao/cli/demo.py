@@ -38,6 +38,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from yunnao.demo_nodes import (
+    DEPARTMENTS,
+    TITLES_EN,
     DemoFailed,
     DemoNode,
     check_ports,
@@ -68,6 +70,62 @@ def _progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
+
+
+def _name(nodes: list[DemoNode], progress: Progress) -> None:
+    """Give the nodes their English titles and the districts' departments their titles
+    (市南区交通运输局 / Shinan District Transport Bureau), as each node's operator would
+    with ``yunnao node set`` and ``yunnao namespace set``; the cascade carries them up."""
+    task = progress.add_task("naming the nodes and their departments", total=1, note="")
+    named = 0
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        for node in nodes:
+            token = admin_token(None, node.node_id, str(node.data_dir), node.url)
+            auth = {"Authorization": f"Bearer {token}"}
+            resp = client.patch(
+                f"{node.url}/v1/node",
+                json={"title_zh": node.title, "title_en": TITLES_EN.get(node.node_id, "")},
+                headers=auth,
+            )
+            if resp.status_code != 200:
+                raise DemoFailed(node, f"setting its titles answered {resp.status_code}")
+            listed = client.get(f"{node.url}/v1/namespaces", headers=auth)
+            for ns in listed.json().get("items", []) if listed.status_code == 200 else []:
+                dept = DEPARTMENTS.get(ns["id"].rsplit(".", 1)[-1])
+                if dept is None or ns["node_id"] != node.node_id:
+                    continue
+                english = f"{TITLES_EN.get(node.node_id, node.node_id)} {dept[1]}"
+                resp = client.patch(
+                    f"{node.url}/v1/namespaces/{ns['id']}",
+                    json={"title_zh": node.title + dept[0], "title_en": english},
+                    headers=auth,
+                )
+                if resp.status_code != 200:
+                    raise DemoFailed(node, f"naming {ns['id']} answered {resp.status_code}")
+                named += 1
+    progress.update(task, completed=1, note=f"{len(nodes)} nodes, {named} departments")
+
+
+def _narrow(districts: list[DemoNode], progress: Progress) -> None:
+    """Let only its own department call each district's internal ``air-anomaly`` (the
+    rest of the city still finds it), so that a city user has something to ask access
+    for (权限申请) in the walkthrough."""
+    task = progress.add_task("air-anomaly: callable by its department only", total=1, note="")
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        for d in districts:
+            token = admin_token(None, d.node_id, str(d.data_dir), d.url)
+            department = f"{d.node_id}.env"
+            url = f"{d.url}/v1/capabilities/{department}/air-anomaly"
+            auth = {"Authorization": f"Bearer {token}"}
+            found = client.get(url, headers=auth)
+            if found.status_code == 404:  # the example is not installed
+                continue
+            # Keep the rest of its rules (grants of an earlier run included).
+            rules = {**found.json().get("access", {}), "invoke": {"departments": [department]}}
+            resp = client.patch(url, json={"access": rules}, headers=auth)
+            if resp.status_code != 200:
+                raise DemoFailed(d, f"narrowing air-anomaly answered {resp.status_code}")
+    progress.update(task, completed=1, note="others ask for access")
 
 
 def _cascade_cli(node: DemoNode, *args: str) -> dict[str, Any]:
@@ -374,6 +432,8 @@ def demo(directory: str, host: str, port: int, fresh: bool, timeout: float) -> N
     try:
         with _progress(console) as progress:
             start_nodes(nodes, progress, timeout)
+            _name(nodes, progress)
+            _narrow(districts, progress)
             _link(city, districts, progress)
             counts = _wait_for_city(city, districts, progress, timeout)
             try:
