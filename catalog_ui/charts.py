@@ -182,32 +182,34 @@ def hbars(
     name: str = "",
     colour: int = 0,
     value_format: str = "{:.0f}",
+    label_w: int = LABEL_W,
 ) -> Markup:
-    """Horizontal bars, one row per label (long names fit: they are shortened on the
-    chart and given whole in each bar's title), the value written at the bar's end;
-    ``name`` names the series in a legend."""
+    """Horizontal bars, one row per label (long names fit: they are shortened to
+    ``label_w`` pixels on the chart and given whole in each bar's title), the value
+    written at the bar's end; ``name`` names the series in a legend."""
     top = max((v for v in values if v is not None), default=0.0) or 1.0
     height = max(len(labels), 1) * ROW + 8
-    span = H_WIDTH - LABEL_W - 64
+    span = H_WIDTH - label_w - 64
+    chars = max(label_w // 14, 4)
     fill = COLOURS[colour % len(COLOURS)]
     parts = [
         f'<svg class="chart hbars" viewBox="0 0 {H_WIDTH} {height}" role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
-        f'<line x1="{LABEL_W}" y1="2" x2="{LABEL_W}" y2="{height - 4}" stroke="#555"/>',
+        f'<line x1="{label_w}" y1="2" x2="{label_w}" y2="{height - 4}" stroke="#555"/>',
     ]
     for i, (label, v) in enumerate(zip(labels, values, strict=False)):
         y = 4 + i * ROW
         parts.append(
-            f'<text x="{LABEL_W - 6}" y="{y + 16}" text-anchor="end" font-size="13">'
-            f"{escape(_short(label))}</text>"
+            f'<text x="{label_w - 6}" y="{y + 16}" text-anchor="end" font-size="13">'
+            f"{escape(_short(label, chars))}</text>"
         )
         shown = "—" if v is None else value_format.format(v) + unit
         w = 0.0 if v is None else span * v / top
         parts.append(
-            f'<rect x="{LABEL_W}" y="{y + 3}" width="{max(w, 1):.1f}" height="{ROW - 8}" '
+            f'<rect x="{label_w}" y="{y + 3}" width="{max(w, 1):.1f}" height="{ROW - 8}" '
             f'fill="{fill}"><title>{escape(label)}: {escape(shown)}</title></rect>'
-            f'<text x="{LABEL_W + w + 6:.1f}" y="{y + 16}" font-size="13">{escape(shown)}</text>'
+            f'<text x="{label_w + w + 6:.1f}" y="{y + 16}" font-size="13">{escape(shown)}</text>'
         )
     parts.append("</svg>")
     out = Markup("".join(parts))  # escaped above

@@ -7,7 +7,7 @@ error rates per node. Times are Beijing time."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ from yunnao.registry import access, search, usage_daily, visibility
 from yunnao.registry.access import Action, Identity
 from yunnao.registry.db import read_session
 from yunnao.registry.identity.middleware import identity_of
+from yunnao.registry.names import namespace_node
 from yunnao.registry.tables import CapabilityRow, Node, UsageDaily
 from yunnao.registry.usage_daily import BEIJING
 
@@ -225,12 +226,18 @@ async def overview(request: Request) -> Response:
         width=440,
     )
     top = data["top"]
+    # Two districts often publish the same capability: name its node where a title repeats.
+    seen = Counter(t[2] for t in top)
+    top_labels = [
+        t[2] if seen[t[2]] == 1 else f"{t[2]}（{named.title(namespace_node(t[0]))}）" for t in top
+    ]
     top_chart = (
         charts.hbars(
             _("Most called capabilities"),
-            [t[2] for t in top],
+            top_labels,
             [float(t[3]) for t in top],
             name=_("calls, last {n} days", n=DAYS),
+            label_w=196,
         )
         if top
         else None

@@ -3,7 +3,9 @@ them, and stops them all on Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import signal
 import socket
@@ -39,10 +41,10 @@ def three_free_ports() -> int:
     raise RuntimeError("no three consecutive free ports")
 
 
-def serve_processes(under: Path) -> list[str]:
-    """Command lines of the running `yunnao serve` processes whose data dir is under
-    ``under``, whoever their parent is now."""
-    found = []
+def serve_processes(under: Path) -> dict[int, str]:
+    """Command lines, by pid, of the running `yunnao serve` processes whose data dir is
+    under ``under``, whoever their parent is now."""
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
@@ -50,7 +52,7 @@ def serve_processes(under: Path) -> list[str]:
             continue  # exited meanwhile
         text = " ".join(a.decode(errors="replace") for a in args)
         if b"serve" in args[:6] and str(under) in text:
-            found.append(text)
+            found[int(cmdline.parent.name)] = text
     return found
 
 
@@ -91,6 +93,7 @@ def test_demo_links_a_city_and_two_districts_and_stops_them_on_ctrl_c(tmp_path: 
         for url in (city, *districts.values()):
             assert f"{url}/openapi.json" in printed
         assert f"curl -s -X POST {city}/v1/invoke/" in printed
+        assert f"{city}/signin" in printed and "air-anomaly" in printed
 
         # The city lists what each district published, as theirs.
         for district, url in districts.items():
@@ -134,7 +137,15 @@ def test_demo_links_a_city_and_two_districts_and_stops_them_on_ctrl_c(tmp_path: 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "".join(output)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert serve_processes(demo_dir) == []
+        if proc.poll() is None:  # a failed assertion: stop the demo as a user would
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        left = serve_processes(demo_dir)
+        for pid in left:  # never leave nodes running (and busy) for the tests after
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert left == {}

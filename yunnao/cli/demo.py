@@ -347,6 +347,19 @@ def _summary(
             f"--data-dir {shlex.quote(_shown(city.data_dir))}",
         )
     )
+    commands.append(
+        (
+            "# the federation overview (概览): sign in on the page (dev sign-in), it opens",
+            f"{city.url}/signin",
+        )
+    )
+    commands.append(
+        (
+            f"# ask for access (权限申请) to {first.node_id}.env/air-anomaly at the city; "
+            f"its bureau decides at {first.url}/access-requests",
+            f"{city.url}/c/{first.node_id}.env/air-anomaly",
+        )
+    )
     console.print("Try:")
     for comment, command in commands:
         console.print(f"  {comment}", style="dim", markup=False, soft_wrap=True)
