@@ -199,6 +199,23 @@ def test_district_calls_reach_the_city_as_its_signed_rows(nodes: Nodes) -> None:
     stats = _recent(city, (f"{SHINAN}.traffic", "flow-forecast"))
     assert stats.calls == 5 and stats.success_rate == 1.0 and stats.p50_ms is not None
 
+    # The city's assessment of the district for the day equals the district's own usage
+    # records summed here, over all of its capabilities.
+    totals = dict.fromkeys(FIGURES, 0)
+    for ns, name in _query(shinan, "SELECT DISTINCT namespace, name FROM usage_record"):
+        if ns.startswith(f"{SHINAN}."):
+            for figure, value in _expected(shinan, ns, name, day).items():
+                totals[figure] += value
+    report = httpx.get(
+        f"{city.url}/v1/assessment",
+        params={"from": day, "to": day, "by": "district"},
+        headers=city.auth("auditor"),
+        timeout=30,
+    )
+    assert report.status_code == 200, report.text
+    (row,) = [r for r in report.json()["items"] if r["id"] == SHINAN]
+    assert {f: row[f] for f in FIGURES} == totals
+
 
 def _recent(site: Site, key: tuple[str, str]) -> usage_daily.RecentStats:
     engine = db.create_engine(f"sqlite:///{site.data_dir / 'registry.db'}")

@@ -106,6 +106,11 @@ def test_demo_links_a_city_and_two_districts_and_stops_them_on_ctrl_c(tmp_path: 
         # The districts named themselves and their departments; the city shows the names.
         page = httpx.get(f"{city}/", params={"node": DISTRICTS[0]}).text
         assert "市南区" in page and "市南区交通运输局" in page, page[:2000]
+        # Signed in, the city's staff land on the overview, which names both districts.
+        with httpx.Client(base_url=city, timeout=10, follow_redirects=True) as staff:
+            landed = staff.post("/signin", data={"subject": "王芳", "role": "operator"})
+            assert landed.url.path == "/overview", landed.url
+            assert "市南区" in landed.text and "崂山区" in landed.text
 
         # A public district capability called at the city answers as at the district.
         shinan = districts[DISTRICTS[0]]
