@@ -62,6 +62,9 @@ bench: test-deps test-servers
 	$(BIN)/python bench/invoke.py
 	$(BIN)/python bench/sandbox_attacks.py
 	$(BIN)/python bench/cascade.py
+	$(BIN)/python bench/judged.py
+	$(BIN)/python bench/workers.py
+	$(BIN)/python bench/federation.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache bench/results

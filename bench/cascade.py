@@ -1,9 +1,12 @@
 """Cascade throughput and latency: a district's catalog syncing up to its city.
 
 1. Initial sync: ``--entries`` generated capabilities (one version each, none
-   restricted) are loaded into a district's SQLite store, then a city (SQLite) is
-   linked to it and pulls everything. The rate is quoted against the baseline of the
-   same run: the district's own bulk publish of the same entries into its store.
+   restricted) are loaded into a district's SQLite store (signed as they are written,
+   as ``yunnao serve`` does), then a city (SQLite) is linked to it and pulls
+   everything. The rate is quoted against the baseline of the same run: the district's
+   own bulk publish of the same entries into its store. With ``--profile``, py-spy
+   samples both processes during the sync and the top functions (own time) are
+   printed.
 2. Live mode: with the nodes linked and caught up, ``--live`` capabilities are
    published at the district one at a time; each is timed from the publish request
    until the city's own change feed (long-polled) shows it. The baseline is the same
@@ -14,14 +17,19 @@ section of ``docs/benchmarks.md``.
 
     python bench/cascade.py                          # 100,000 entries, 200 live publishes
     python bench/cascade.py --entries 10000 --live 50 --out -    # quick look
+    python bench/cascade.py --entries 20000 --live 0 --out - --profile   # where time goes
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import platform
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +49,7 @@ sys.path.insert(0, str(ROOT))  # bench/ and tests/ are not installed
 from bench import sections  # noqa: E402
 from bench.catalog_gen import entries  # noqa: E402
 from tests.realservers.yunnao_node import YunnaoProcess  # noqa: E402
+from yunnao.cascade.feed import Feed  # noqa: E402
 from yunnao.registry import db, migrate  # noqa: E402
 from yunnao.registry.identity import tokens  # noqa: E402
 from yunnao.registry.store import RegistryStore  # noqa: E402
@@ -68,6 +77,7 @@ def load(data_dir: Path, count: int) -> float:
     store = RegistryStore(engine, DISTRICT)
     key = tokens.load_or_create_key(data_dir / "node_key.pem")
     store.ensure_node(public_key=tokens.public_key_text(key))
+    store.signer = Feed(engine, DISTRICT, key).sign_logged  # as `yunnao serve` wires it
     items = (
         (ns, name, spec.model_copy(update={"classification": "public"}))
         for ns, name, spec in entries(count, DISTRICT)
@@ -102,6 +112,42 @@ class SyncResult:
     items: int
     seconds: float
     publish_rate: float
+
+
+PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
+
+
+def profiles(nodes: dict[str, YunnaoProcess], out: Path) -> list[subprocess.Popen[bytes]]:
+    """Start py-spy on each node (collapsed stacks into ``out``/<name>.txt)."""
+    spies = []
+    for name, node in nodes.items():
+        assert node.proc is not None
+        spies.append(
+            subprocess.Popen(
+                [str(PY_SPY), "record", "--pid", str(node.proc.pid), "--format", "raw",
+                 "--rate", "200", "--nonblocking", "--threads", "--output",
+                 str(out / f"{name}.txt")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+    return spies
+
+
+def top(path: Path, count: int = 15) -> list[str]:
+    """The functions with the most samples of their own in py-spy's collapsed stacks,
+    with the share of the samples taken while running (idle stacks left out)."""
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, hits = line.rpartition(" ")
+        frames = stack.split(";")
+        leaf = re.sub(r":\d+\)$", ")", frames[-1])  # a function, not each of its lines
+        if any(idle in leaf for idle in ("select (selectors", "_worker (concurrent", "wait (")):
+            continue
+        own[leaf] += int(hits)
+        total += int(hits)
+    return [f"{hits / total:6.1%}  {frame}" for frame, hits in own.most_common(count)]
 
 
 def initial_sync(
@@ -233,6 +279,9 @@ def main() -> None:
     parser.add_argument(
         "--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file, or - "
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample both nodes with py-spy during the sync"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="yunnao-bench-cascade-") as tmp:
         root = Path(tmp)
@@ -243,9 +292,16 @@ def main() -> None:
         try:
             for node in (district, city):
                 nodes.append(node.start(timeout=120))
+            spies = profiles({"district": district, "city": city}, root) if args.profile else []
             sync = initial_sync(district, city, args.entries, rate)
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+                spy.wait(60)
+            for name in ("district", "city") if spies else ():
+                console.print(f"[bold]{name}[/]: top functions by own samples (py-spy)")
+                console.print("\n".join(top(root / f"{name}.txt")), markup=False)
             console.print(f"initial sync: {sync.capabilities / sync.seconds:,.0f} capabilities/s")
-            local, remote = live(district, city, args.live)
+            local, remote = live(district, city, args.live) if args.live else ([0.0], [0.0])
         finally:
             for node in nodes:
                 node.stop()

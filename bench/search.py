@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))  # bench/ and tests/ are not installed
 
 from bench import sections  # noqa: E402
 from bench.catalog_gen import entries  # noqa: E402
+from bench.ranking_before import search_before  # noqa: E402
 from tests.realservers.postgres import PostgresServer  # noqa: E402
 from tests.realservers.yunnao_node import YunnaoProcess  # noqa: E402
 from yunnao.registry import db, migrate  # noqa: E402
@@ -65,6 +66,12 @@ QUERIES: dict[str, tuple[str, SearchQuery]] = {
     "deep page": ("browse, page 50", SearchQuery(page=50)),
     "by name": ("browse sorted by name", SearchQuery(sort="name")),
 }
+# Broad words timed also as main ranked them before issue 19 (bench/ranking_before.py),
+# in the same run: the ratio of the two is the speed-up.
+BEFORE = ("word", "chinese", "prefix", "word+facet", "specific")
+LABELS = {key: label for key, (label, _) in QUERIES.items()}
+for _key in BEFORE:
+    LABELS[f"{_key}, before"] = LABELS[_key] + ", ranked as before issue 19"
 HTTP_QUERIES = {
     "browse": {},
     "word": {"q": "forecast"},
@@ -132,12 +139,18 @@ class StoreResult:
     totals: dict[str, int]
 
 
-def bench_store(name: str, url: str, workdir: Path, count: int, runs: int) -> StoreResult:
+def bench_store(
+    name: str, url: str, workdir: Path, count: int, runs: int, *, loaded: bool = False
+) -> StoreResult:
+    """Load ``count`` entries into the store at ``url`` (unless ``loaded``: a store that
+    an earlier run of the generator filled with ``count`` entries) and time it."""
     engine = db.create_engine(url)
     migrate.upgrade(engine)
     store = RegistryStore(engine, NODE)
-    console.print(f"[bold]{name}[/]: loading {count:,} capabilities")
-    rate = load(store, count)
+    rate = 0.0
+    if not loaded:
+        console.print(f"[bold]{name}[/]: loading {count:,} capabilities")
+        rate = load(store, count)
     if engine.dialect.name == "postgresql":
         # What autovacuum would do shortly after a bulk load: without statistics the
         # planner may scan the whole search table instead of using its GIN index.
@@ -157,6 +170,12 @@ def bench_store(name: str, url: str, workdir: Path, count: int, runs: int) -> St
         for key, (_, query) in QUERIES.items():
             cases[key] = lambda q=query, identity=identity: fresh.search(identity, q)
             totals[f"{caller}:{key}"] = fresh.search(identity, query).total
+        for key in BEFORE:  # the same query, ranked as main did before issue 19
+            query = QUERIES[key][1]
+            cases[f"{key}, before"] = lambda q=query, identity=identity: search_before(
+                fresh, identity, q
+            )
+            totals[f"{caller}:{key}, before"] = totals[f"{caller}:{key}"]
         console.print(f"  timing {len(cases)} cases x {runs} runs as {caller}")
         results[caller] = measure(cases, runs)
 
@@ -214,69 +233,103 @@ def ms(value: float) -> str:
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def report(results: list[StoreResult], count: int, runs: int) -> str:
+def _store_marks(name: str) -> tuple[str, str]:
+    return f"<!-- bench:search:{name} start -->", f"<!-- bench:search:{name} end -->"
+
+
+def kept_blocks(previous: str, run: list[str]) -> dict[str, str]:
+    """The stores' blocks of a previous section that this run does not replace."""
+    out = {}
+    for name in ("SQLite", "PostgreSQL"):
+        start, end = _store_marks(name)
+        if name not in run and start in previous and end in previous:
+            out[name] = start + previous.split(start, 1)[1].split(end, 1)[0] + end
+    return out
+
+
+def report(
+    results: list[StoreResult], count: int, runs: int, kept: dict[str, str] | None = None
+) -> str:
+    """The section: one block per store; a store not run keeps its block from before."""
     lines = [
         START,
         "## Search",
         "",
-        f"`python bench/search.py --entries {count} --runs {runs}` on "
-        f"{platform.machine()} / {platform.python_implementation()} "
-        f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}. "
-        f"{count:,} generated capabilities (10 departments, 16 subjects, 8 tasks; "
+        "Generated capabilities (10 departments, 16 subjects, 8 tasks; "
         "Chinese titles, English summaries; half public, 40% internal, 10% restricted). "
-        "Latencies in milliseconds over "
-        f"{runs} runs per case, interleaved. *× base* is the case's p50 over the baseline's "
-        "p50 from the same run: the baseline shows one capability by name through the "
-        "same layer (store call, or HTTP request).",
+        "Latencies in milliseconds, interleaved over the cases. *× base* is the case's "
+        "p50 over the baseline's p50 from the same run: the baseline shows one capability "
+        "by name through the same layer (store call, or HTTP request). Each store's "
+        "block names the command and the day that measured it.",
         "",
         "A search returns the first page of 20, the total and all eight facet counts "
         "(each ignoring its own filter). *Staff* is a signed-in consumer, who also sees "
         "internal entries (about twice the matches of an anonymous visitor).",
         "",
     ]
+    blocks = dict(kept or {})
     for r in results:
-        lines += [
-            f"### {r.name}",
-            "",
+        blocks[r.name] = _store_block(r, count, runs)
+    for name in ("SQLite", "PostgreSQL"):
+        if name in blocks:
+            lines += [blocks[name], ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def _store_block(r: StoreResult, count: int, runs: int) -> str:
+    start, end = _store_marks(r.name)
+    store = "sqlite" if r.name == "SQLite" else "postgres"
+    lines = [
+        start,
+        f"### {r.name}",
+        "",
+        f"`python bench/search.py --entries {count} --runs {runs} --stores {store}` on "
+        f"{platform.machine()} / {platform.python_implementation()} "
+        f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
+    lines += [
+        (
             f"- load: **{r.load_rate:,.0f} capabilities/s** (publish in batches of {BATCH}, "
             "each entry a capability, a version, tags, index entry and two change-log rows"
-            + (
-                ")" if r.name == "SQLite" else "; then `ANALYZE`, as autovacuum would after a load)"
-            ),
-            f"- facet index built when the node starts: {ms(r.index_ms)} ms",
-            "",
-            "| query | caller | matches | p50 | p95 | p99 | × base |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for caller, timings in r.store.items():
-            base = timings["baseline"].pct(50)
+            + (")" if r.name == "SQLite" else "; then `ANALYZE`, as autovacuum would after a load)")
+            if r.load_rate
+            else "- load: not measured (`--url`: a store the generator filled before this run)"
+        ),
+        f"- facet index built when the node starts: {ms(r.index_ms)} ms",
+        "",
+        "| query | caller | matches | p50 | p95 | p99 | × base |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for caller, timings in r.store.items():
+        base = timings["baseline"].pct(50)
+        lines.append(
+            f"| baseline: show one | {caller} | 1 | {ms(base)} | "
+            f"{ms(timings['baseline'].pct(95))} | {ms(timings['baseline'].pct(99))} | 1.0 |"
+        )
+        for key, label in LABELS.items():
+            t = timings[key]
             lines.append(
-                f"| baseline: show one | {caller} | 1 | {ms(base)} | "
-                f"{ms(timings['baseline'].pct(95))} | {ms(timings['baseline'].pct(99))} | 1.0 |"
-            )
-            for key, (label, _) in QUERIES.items():
-                t = timings[key]
-                lines.append(
-                    f"| {key}: {label} | {caller} | {r.totals[f'{caller}:{key}']:,} | "
-                    f"{ms(t.pct(50))} | {ms(t.pct(95))} | {ms(t.pct(99))} | "
-                    f"{t.pct(50) / base:.1f} |"
-                )
-        base = r.http["baseline"].pct(50)
-        lines += [
-            "",
-            f"Over HTTP (anonymous, `yunnao serve` on {r.name}, one client, keep-alive):",
-            "",
-            "| request | p50 | p95 | p99 | × base |",
-            "| --- | ---: | ---: | ---: | ---: |",
-        ]
-        for key, t in r.http.items():
-            label = "baseline: GET one capability" if key == "baseline" else key
-            lines.append(
-                f"| {label} | {ms(t.pct(50))} | {ms(t.pct(95))} | {ms(t.pct(99))} | "
+                f"| {key}: {label} | {caller} | {r.totals[f'{caller}:{key}']:,} | "
+                f"{ms(t.pct(50))} | {ms(t.pct(95))} | {ms(t.pct(99))} | "
                 f"{t.pct(50) / base:.1f} |"
             )
-        lines.append("")
-    lines.append(END)
+    base = r.http["baseline"].pct(50)
+    lines += [
+        "",
+        f"Over HTTP (anonymous, `yunnao serve` on {r.name}, one client, keep-alive):",
+        "",
+        "| request | p50 | p95 | p99 | × base |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key, t in r.http.items():
+        label = "baseline: GET one capability" if key == "baseline" else key
+        lines.append(
+            f"| {label} | {ms(t.pct(50))} | {ms(t.pct(95))} | {ms(t.pct(99))} | "
+            f"{t.pct(50) / base:.1f} |"
+        )
+    lines.append(end)
     return "\n".join(lines)
 
 
@@ -288,17 +341,29 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=50, help="timed runs per case")
     parser.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        help="SQLite=URL or PostgreSQL=URL: time a store the generator already filled "
+        "with --entries entries, instead of loading fresh ones (repeatable)",
+    )
+    parser.add_argument(
         "--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file, or - "
     )
     args = parser.parse_args()
     results = []
+    given = [tuple(u.split("=", 1)) for u in args.url]
     with (
         tempfile.TemporaryDirectory(prefix="yunnao-bench-") as tmp,
-        stores(args.stores.split(","), Path(tmp)) as targets,
+        stores([] if given else args.stores.split(","), Path(tmp)) as targets,
     ):
-        for name, url in targets:
-            results.append(bench_store(name, url, Path(tmp), args.entries, args.runs))
-    section = report(results, args.entries, args.runs)
+        for name, url in given or targets:
+            results.append(
+                bench_store(name, url, Path(tmp), args.entries, args.runs, loaded=bool(given))
+            )
+    previous = Path(args.out).read_text() if args.out != "-" and Path(args.out).exists() else ""
+    kept = kept_blocks(previous, [r.name for r in results])
+    section = report(results, args.entries, args.runs, kept)
     if args.out == "-":
         print(section)
     else:

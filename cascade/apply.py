@@ -48,6 +48,19 @@ LOGGED_PER_BATCH = 20  # rejections of one batch logged one by one; the rest sum
 _REASON_CHARS = 500  # the column's size
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What :meth:`Applier.check_ahead` found of a page's items before it is applied
+    (on another thread, while the previous page is written): each item's shape problem
+    (or None), and for items whose signature and content hash checked out, the origin
+    key (hex) they checked out with. Applying uses a result only for the very same item
+    objects and only where the key held then is that key; anything else is checked then."""
+
+    items: Sequence[Any]
+    problems: dict[int, str | None]  # id(item) -> shape problem
+    verified: dict[int, str]  # id(item) -> the hex key its signature verified with
+
+
 @dataclass
 class Outcome:
     applied: int = 0
@@ -69,12 +82,40 @@ class Applier:
         self.key = key  # signs the tombstones of a resync's sweep
         self.transaction = transaction  # the registry store's write transaction
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._known: dict[str, str] = {}  # the node keys (hex) the last apply held
 
     def _key(self, hex_key: str) -> Ed25519PublicKey:
         key = self._keys.get(hex_key)
         if key is None:
             key = self._keys[hex_key] = _public_key(hex_key)
         return key
+
+    def check_ahead(self, items: Sequence[Any]) -> Checked:
+        """Check the shape, signature and content hash of ``items`` now, without the
+        store, against the node keys the last apply held (and the keys the page's own node
+        items carry): the expensive, stateless part of :meth:`apply`, done on another
+        thread while the previous page is written."""
+        keys = dict(self._known)
+        problems: dict[int, str | None] = {}
+        verified: dict[int, str] = {}
+        for raw in items:
+            wrong = problems[id(raw)] = shapes.problem(raw)
+            if wrong is not None:
+                continue
+            hex_key = keys.get(raw["origin"])
+            if hex_key is None:
+                continue
+            if self._signed(raw, hex_key):
+                verified[id(raw)] = hex_key
+                if raw["entity"] == "node" and raw["key"] != raw["origin"]:
+                    keys[raw["entry"]["id"]] = raw["entry"]["public_key"]
+        return Checked(items=items, problems=problems, verified=verified)
+
+    def _signed(self, item: dict[str, Any], hex_key: str) -> bool:
+        """Whether ``item`` is signed with ``hex_key`` and its entry has its hash."""
+        return verify(self._key(hex_key), signed_part(item), item["signature"]) and (
+            content_hash(item["entry"]) == item["content_hash"]
+        )
 
     def apply(
         self,
@@ -85,15 +126,19 @@ class Applier:
         next_seq: int,
         head: int,
         advance: bool = True,
+        checked: Checked | None = None,
     ) -> Outcome:
         """Apply one page of ``peer``'s feed (positions ``since`` → ``next_seq``) and
         move its checkpoint to ``next_seq``, unless ``advance`` is False (a resync moves
         it only at its end). Raises :class:`CheckpointMoved` when the checkpoint is not
-        at ``since``."""
+        at ``since``. ``checked``: what :meth:`check_ahead` found of these ``items``."""
         outcome = Outcome(checkpoint=next_seq if advance else since)
+        if checked is not None and checked.items is not items:
+            checked = None
         with self.transaction() as s:
             _at_checkpoint(s, peer, since)
             keys = replica.node_keys(s)
+            self._known = dict(keys)
             linked = frozenset(s.execute(sa.select(_peer.c.id)).scalars())
             keyed = [
                 (i["entity"], i["key"])
@@ -109,7 +154,8 @@ class Applier:
             accepted = [
                 item
                 for raw in items
-                if (item := self._check(peer, raw, keys, linked, done, held, outcome)) is not None
+                if (item := self._check(peer, raw, keys, linked, done, held, outcome, checked))
+                is not None
             ]
             self._store(s, peer, accepted, outcome)
             self.checkpoint(
@@ -253,10 +299,14 @@ class Applier:
         done: dict[tuple[str, str], tuple[str, int]],
         held: dict[tuple[str, str], tuple[str | None, bool]],
         outcome: Outcome,
+        checked: Checked | None = None,
     ) -> dict[str, Any] | None:
         """``raw`` when it may be applied; otherwise None, with the rejection or skip
         recorded on ``outcome``."""
-        wrong = shapes.problem(raw)
+        if checked is not None and id(raw) in checked.problems:
+            wrong = checked.problems[id(raw)]
+        else:
+            wrong = shapes.problem(raw)
         if wrong is not None:
             outcome.rejected.append((wrong, raw if isinstance(raw, dict) else {"raw": raw}))
             return None
@@ -284,12 +334,14 @@ class Applier:
         if entity == "node" and key == origin and item["entry"]["public_key"] != hex_key:
             outcome.rejected.append((f"node {origin} may name itself but not re-key itself", item))
             return None
-        if not verify(self._key(hex_key), signed_part(item), item["signature"]):
-            outcome.rejected.append((f"signature is not {origin}'s", item))
-            return None
-        if content_hash(item["entry"]) != item["content_hash"]:
-            outcome.rejected.append(("content hash does not match the entry", item))
-            return None
+        ahead = checked is not None and checked.verified.get(id(raw)) == hex_key
+        if not ahead:
+            if not verify(self._key(hex_key), signed_part(item), item["signature"]):
+                outcome.rejected.append((f"signature is not {origin}'s", item))
+                return None
+            if content_hash(item["entry"]) != item["content_hash"]:
+                outcome.rejected.append(("content hash does not match the entry", item))
+                return None
         last = done.get((entity, key))
         if last is not None and last[0] == origin and last[1] >= item["origin_seq"]:
             outcome.skipped += 1  # applied before (a replayed or repeated item)

@@ -16,7 +16,8 @@ signs, so the copy it may hold from before goes too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, col, select
 
 from yunnao.registry import schemas
-from yunnao.registry.db import read_session
+from yunnao.registry.db import read_session, write_session
 from yunnao.registry.hashing import content_hash
 from yunnao.registry.http import MAX_JSON_DEPTH
+from yunnao.registry.names import namespace_node
 from yunnao.registry.tables import (
     CapabilityRow,
     CascadeState,
@@ -37,8 +39,12 @@ from yunnao.registry.tables import (
     VersionRow,
 )
 
+from . import feed_rows as lookups
 from .policy import Reader, may_send, share_of, withdrawn
-from .signing import sign
+from .signing import sign, verify
+from .watch import HeadWatcher
+
+log = logging.getLogger("yunnao.cascade")
 
 META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
 VERSION_FIELDS = tuple(schemas.VersionSpec.model_fields)
@@ -143,6 +149,11 @@ class Feed:
         self.node_id = node_id
         self.key = key
         self.share_internal = share_internal
+        # Long polls wait on this one watcher; the store notifies it after each write.
+        self.watcher = HeadWatcher(self.head)
+        self._public = key.public_key()
+        self._key_checked = False  # whether kept items were checked against this key
+        self._key_lock = threading.Lock()
 
     def head(self) -> int:
         with read_session(self.engine) as s:
@@ -153,6 +164,10 @@ class Feed:
         (default: what a parent may have). Raises :class:`Compacted` when ``since`` is
         older than what the log still holds."""
         reader = reader or Reader("parent")
+        unsigned: list[tuple[int, dict[str, Any]]] = []
+        if not self._key_checked:
+            with write_session(self.engine) as s:
+                self._check_key(s)
         with read_session(self.engine) as s:
             through = compacted_through(s)
             if 0 < since < through:
@@ -163,7 +178,7 @@ class Feed:
             head = s.exec(select(sa.func.max(Change.seq))).one() or 0
             items: list[dict[str, Any]] = []
             withdrawals: set[int] = set()
-            for seq, item in self._items(s, rows):
+            for seq, item in self._items(s, rows, unsigned):
                 if may_send(item, this_node=self.node_id, reader=reader):
                     items.append(item)
                 elif seq not in withdrawals and withdrawn(
@@ -172,6 +187,7 @@ class Feed:
                     withdrawals.add(seq)
                     items.append(self._withdrawal(item, seq))
             last = rows[-1].seq if rows else since
+        self._write_back(unsigned)
         return FeedPage(items=items, next=max(last or since, since), head=head)
 
     def _withdrawal(self, item: dict[str, Any], seq: int) -> dict[str, Any]:
@@ -210,25 +226,34 @@ class Feed:
 
     # ------------------------------------------------------------ items
 
-    def _items(self, s: Session, rows: list[Change]) -> list[tuple[int, dict[str, Any]]]:
+    def _items(
+        self, s: Session, rows: list[Change], unsigned: list[tuple[int, dict[str, Any]]]
+    ) -> list[tuple[int, dict[str, Any]]]:
         """The items of ``rows`` (in order), leaving out superseded changes, each with the
-        sequence number of its change here."""
-        latest = _latest_seqs(s, {(r.entity, r.key) for r in rows} | _capability_keys(rows))
-        local = [r for r in rows if r.item is None and latest.get((r.entity, r.key)) == r.seq]
-        relayed_versions = [r for r in rows if r.item is not None and r.entity == "version"]
-        caps = _capabilities(
+        sequence number of its change here; ``unsigned`` collects the items signed now
+        that could have been signed when written."""
+        latest = lookups.latest_seqs(
+            s, {(r.entity, r.key) for r in rows} | lookups.capability_keys(rows)
+        )
+        local = [r for r in rows if self._local(r) and latest.get((r.entity, r.key)) == r.seq]
+        relayed_versions = [r for r in rows if not self._local(r) and r.entity == "version"]
+        caps = lookups.capabilities(
             s,
             [
-                _cap_key(r.key)
+                lookups.cap_key(r.key)
                 for r in [*local, *relayed_versions]
                 if r.entity not in ("namespace", "node")
             ],
         )
-        versions = _versions(s, caps, [r.key for r in local if r.entity == "version"])
-        spaces = _namespaces(s, [r.key for r in local if r.entity == "namespace"])
-        nodes = _nodes(s, [r.key for r in local if r.entity == "node"])
-        early = _early_capability_rows(s, rows, latest)
-        caps.update(_capabilities(s, [_cap_key(r.key) for r in early.values() if r.item is None]))
+        versions = lookups.versions(s, caps, [r.key for r in local if r.entity == "version"])
+        spaces = lookups.namespaces(s, [r.key for r in local if r.entity == "namespace"])
+        nodes = lookups.nodes(s, [r.key for r in local if r.entity == "node"])
+        early = lookups.early_capability_rows(s, rows, latest)
+        caps.update(
+            lookups.capabilities(
+                s, [lookups.cap_key(r.key) for r in early.values() if self._local(r)]
+            )
+        )
         out: list[tuple[int, dict[str, Any]]] = []
         sent: set[tuple[str, int]] = set()
 
@@ -242,25 +267,26 @@ class Feed:
 
         for change in rows:
             seq: int = change.seq  # type: ignore[assignment]
-            if change.item is None and latest.get((change.entity, change.key)) != seq:
+            local = self._local(change)
+            if local and latest.get((change.entity, change.key)) != seq:
                 continue  # superseded: a later change carries the newer state
-            if change.item is not None:
+            if not local:
                 # Passed on as it arrived. Node keys always go, in order, so a key
                 # arrives before the entries it signs.
                 if change.entity == "node" or latest.get((change.entity, change.key)) == change.seq:
                     if change.entity == "version":
-                        row = caps.get(_cap_key(change.key))
+                        row = caps.get(lookups.cap_key(change.key))
                         if row is None or row.deleted_at is not None:
                             continue  # its capability went since
-                        add(self._early(early, change, caps))
+                        add(self._early(early, change, caps, unsigned))
                     add((seq, change.item))
                 continue
             if change.entity == "version":
                 # The version's capability changed again later: send its current state
                 # first, so the receiver has the capability before its version. (The
                 # same item follows again at its own place, where it is a no-op.)
-                add(self._early(early, change, caps))
-            add((seq, self._local_item(change, caps, versions, spaces, nodes)))
+                add(self._early(early, change, caps, unsigned))
+            add((seq, self._local_item(change, caps, versions, spaces, nodes, unsigned)))
         return out
 
     def _early(
@@ -268,14 +294,15 @@ class Feed:
         early: dict[str, Change],
         change: Change,
         caps: dict[tuple[str, str], CapabilityRow],
+        unsigned: list[tuple[int, dict[str, Any]]],
     ) -> tuple[int, dict[str, Any] | None] | None:
-        cap_change = early.get(_cap_key_text(change.key))
+        cap_change = early.get(lookups.cap_key_text(change.key))
         if cap_change is None or cap_change.seq < change.seq:  # type: ignore[operator]
             return None
         seq: int = cap_change.seq  # type: ignore[assignment]
-        if cap_change.item is not None:
+        if not self._local(cap_change):
             return seq, cap_change.item
-        return seq, self._local_item(cap_change, caps, {}, {})
+        return seq, self._local_item(cap_change, caps, {}, {}, None, unsigned)
 
     def _local_item(
         self,
@@ -284,11 +311,21 @@ class Feed:
         versions: dict[str, VersionRow],
         spaces: dict[str, Namespace],
         nodes: dict[str, Node] | None = None,
+        unsigned: list[tuple[int, dict[str, Any]]] | None = None,
     ) -> dict[str, Any] | None:
+        """``change``'s item, signed; ``unsigned`` collects those signed now that could
+        have been signed when written."""
         entry, op = self._entry(change, caps, versions, spaces, nodes or {})
         if entry is None:
             return None
-        return make_item(
+        signed = change.item
+        if (
+            signed is not None
+            and signed["op"] == op
+            and signed["content_hash"] == content_hash(entry)
+        ):
+            return signed  # signed when written, and still the entry's state
+        item = make_item(
             self.key,
             origin=change.origin_node,
             origin_seq=change.seq,  # type: ignore[arg-type]
@@ -298,6 +335,93 @@ class Feed:
             entry=entry,
             at=change.created_at.isoformat(),
         )
+        if unsigned is not None and self._presignable(change):
+            unsigned.append((change.seq, item))  # type: ignore[arg-type]
+        return item
+
+    # ------------------------------------------------------------ signing when written
+
+    def _presignable(self, change: Change) -> bool:
+        """A change this node signs when it is written: an upsert or deletion of one of
+        its own capabilities or versions (the bulk of a feed)."""
+        return (
+            change.entity in ("capability", "version")
+            and change.origin_node == self.node_id
+            and namespace_node(change.key.partition("/")[0]) == self.node_id
+        )
+
+    def _local(self, change: Change) -> bool:
+        """Whether the feed makes ``change``'s item from the current state of what it
+        changed (this node's own writes) rather than passing a stored item on as it
+        arrived (items from other nodes, and those this node signed and keeps: a node key
+        it vouches for, a resync's tombstone, its usage). An own capability or version
+        signed when written is still made from the current state: its stored item is
+        reused only while it holds that state."""
+        return change.item is None or self._presignable(change)
+
+    def sign_logged(self, s: Session, changes: list[Change]) -> None:
+        """Sign the items of ``changes`` (just logged by a write, flushed, in its
+        transaction ``s``) and keep them with the changes, so reading the feed need not
+        sign them (the registry store calls this: :attr:`RegistryStore.signer`)."""
+        mine = [c for c in changes if self._presignable(c)]
+        if mine and not self._key_checked:
+            self._check_key(s)
+        newest = {(c.entity, c.key): c for c in mine}  # one write may log a key twice
+        mine = [c for c in mine if newest[(c.entity, c.key)] is c]
+        if not mine:
+            return
+        caps = lookups.capabilities(s, [lookups.cap_key(c.key) for c in mine])
+        versions = lookups.versions(s, caps, [c.key for c in mine if c.entity == "version"])
+        rows = []
+        for change in mine:
+            item = self._local_item(change, caps, versions, {})
+            if item is not None:
+                rows.append({"b_seq": change.seq, "item": item})
+        lookups.keep_items(s, rows)
+
+    def _check_key(self, s: Session) -> None:
+        """Once per process, in write transaction ``s``: when the items this node kept
+        were signed with another key (the node key was replaced), forget them, so each
+        is signed again with this one when next read."""
+        with self._key_lock:
+            if self._key_checked:
+                return
+            newest = s.exec(
+                select(Change.item)
+                .where(Change.origin_node == self.node_id, col(Change.item).is_not(None))
+                .order_by(col(Change.seq).desc())
+                .limit(50)
+            ).all()
+            probe = next((item for item in newest if item is not None), None)
+            if probe is not None and not verify(
+                self._public, signed_part(probe), probe["signature"]
+            ):
+                kept = s.exec(
+                    select(Change.seq, Change.entity, Change.key, Change.origin_node).where(
+                        Change.origin_node == self.node_id,
+                        col(Change.entity).in_(("capability", "version")),
+                        col(Change.item).is_not(None),
+                    )
+                ).all()
+                stale = [
+                    {"b_seq": seq, "item": None}
+                    for seq, entity, key, origin in kept
+                    if self._presignable(Change(entity=entity, key=key, origin_node=origin))
+                ]
+                log.warning("the node key changed: %d kept feed items are signed again", len(stale))
+                lookups.keep_items(s, stale)
+            self._key_checked = True
+
+    def _write_back(self, unsigned: list[tuple[int, dict[str, Any]]]) -> None:
+        """Keep the items this node signed on reading changes written before it signed
+        when writing (or by a process without the signer), so the next read need not."""
+        if not unsigned:
+            return
+        try:
+            with write_session(self.engine) as s:
+                lookups.keep_items(s, [{"b_seq": seq, "item": item} for seq, item in unsigned])
+        except sa.exc.SQLAlchemyError as exc:  # a cache: the next read signs them again
+            log.warning("could not keep %d signed feed items: %s", len(unsigned), exc)
 
     def _entry(
         self,
@@ -328,7 +452,7 @@ class Feed:
                 "title": node.title,
                 "title_en": node.title_en,
             }, "upsert"
-        namespace, name = _cap_key(change.key)
+        namespace, name = lookups.cap_key(change.key)
         row = caps.get((namespace, name))
         if row is None:
             return None, change.op
@@ -357,106 +481,3 @@ class Feed:
             "share": share,
             **{f: getattr(vrow, f) for f in VERSION_FIELDS},
         }, "upsert"
-
-
-# ---------------------------------------------------------------- batched lookups
-
-
-def _cap_key_text(key: str) -> str:
-    return key.split("@", 1)[0]
-
-
-def _cap_key(key: str) -> tuple[str, str]:
-    namespace, _, rest = key.partition("/")
-    return namespace, rest.partition("@")[0]
-
-
-def _capability_keys(rows: Iterable[Change]) -> set[tuple[str, str]]:
-    return {("capability", _cap_key_text(r.key)) for r in rows if r.entity == "version"}
-
-
-def _latest_seqs(s: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """The newest change sequence number of each (entity, key)."""
-    out: dict[tuple[str, str], int] = {}
-    by_key = sorted({k for _, k in keys})
-    for start in range(0, len(by_key), 500):
-        chunk = by_key[start : start + 500]
-        stmt = (
-            select(Change.entity, Change.key, sa.func.max(Change.seq))
-            .where(col(Change.key).in_(chunk))
-            .group_by(col(Change.entity), col(Change.key))
-        )
-        for entity, key, seq in s.exec(stmt):
-            out[(entity, key)] = seq
-    return out
-
-
-def _early_capability_rows(
-    s: Session, rows: list[Change], latest: dict[tuple[str, str], int]
-) -> dict[str, Change]:
-    """For versions in ``rows`` whose capability changed again after them: that
-    capability's newest change."""
-    wanted = {
-        latest[("capability", _cap_key_text(r.key))]
-        for r in rows
-        if r.entity == "version"
-        and ("capability", _cap_key_text(r.key)) in latest
-        and latest[("capability", _cap_key_text(r.key))] > r.seq  # type: ignore[operator]
-    }
-    if not wanted:
-        return {}
-    found = s.exec(select(Change).where(col(Change.seq).in_(sorted(wanted)))).all()
-    return {c.key: c for c in found}
-
-
-def _capabilities(
-    s: Session, keys: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], CapabilityRow]:
-    wanted = sorted(set(keys))
-    out: dict[tuple[str, str], CapabilityRow] = {}
-    for start in range(0, len(wanted), 400):
-        chunk = wanted[start : start + 400]
-        pairs = set(chunk)
-        # Two IN lists, not a row-value IN: SQLite answers that one with a full scan.
-        stmt = select(CapabilityRow).where(
-            col(CapabilityRow.namespace).in_({ns for ns, _ in chunk}),
-            col(CapabilityRow.name).in_({name for _, name in chunk}),
-        )
-        for row in s.exec(stmt):
-            if (row.namespace, row.name) in pairs:
-                out[(row.namespace, row.name)] = row
-    return out
-
-
-def _versions(
-    s: Session, caps: dict[tuple[str, str], CapabilityRow], keys: list[str]
-) -> dict[str, VersionRow]:
-    by_id = {row.id: row for row in caps.values()}
-    wanted = []
-    for key in keys:
-        row = caps.get(_cap_key(key))
-        if row is not None:
-            wanted.append((row.id, key.rsplit("@", 1)[1]))
-    out: dict[str, VersionRow] = {}
-    pairs = set(wanted)
-    ids = sorted({cid for cid, _ in wanted})
-    for start in range(0, len(ids), 400):
-        stmt = select(VersionRow).where(col(VersionRow.capability_id).in_(ids[start : start + 400]))
-        for vrow in s.exec(stmt):
-            if (vrow.capability_id, vrow.version) in pairs:
-                cap = by_id[vrow.capability_id]
-                out[f"{cap.namespace}/{cap.name}@{vrow.version}"] = vrow
-    return out
-
-
-def _nodes(s: Session, keys: list[str]) -> dict[str, Node]:
-    if not keys:
-        return {}
-    return {n.id: n for n in s.exec(select(Node).where(col(Node.id).in_(sorted(set(keys)))))}
-
-
-def _namespaces(s: Session, keys: list[str]) -> dict[str, Namespace]:
-    if not keys:
-        return {}
-    rows = s.exec(select(Namespace).where(col(Namespace.id).in_(sorted(set(keys))))).all()
-    return {ns.id: ns for ns in rows}

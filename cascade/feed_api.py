@@ -76,12 +76,10 @@ async def changes(request: Request) -> Response:
     if not page.items and page.next >= page.head and query.wait:
         # Long poll: answer as soon as something is appended, or when the wait is over.
         since = page.next
+        # When the node is shutting down (``stopping``) it answers now: the follower
+        # asks again.
         stopping = getattr(request.app.state, "stopping", None)
-        with anyio.move_on_after(query.wait):
-            while await anyio.to_thread.run_sync(feed.head) <= since:
-                if stopping is not None and stopping.is_set():
-                    break  # the node is shutting down: answer now, the follower asks again
-                await anyio.sleep(0.02)
+        await feed.watcher.wait_past(since, query.wait, stopping)
         page = await _page(feed, since, query.limit, reader)
     body = ChangesPage(node=feed.node_id, items=page.items, next=page.next, head=page.head)
     return json_response(body)

@@ -97,6 +97,7 @@ class Prober:
         late_after: float = 60.0,
         flush_every: float = 30.0,
         recovered: Callable[[str], None] | None = None,
+        tally: Callable[[], bool] | None = None,
     ) -> None:
         self.board = board
         self.peers = peers
@@ -107,6 +108,9 @@ class Prober:
         self.late_after = late_after
         self.flush_every = flush_every
         self.recovered = recovered  # a peer answers again (wake its sync loops)
+        # Of several processes on one store, only the one this says yes to (the leader)
+        # writes its counts; the others probe for their own breakers only.
+        self.tally = tally
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._known: set[str] = set()
         self._client: httpx.AsyncClient | None = None
@@ -186,7 +190,7 @@ class Prober:
     async def flush(self) -> None:
         """Write the probe counts gathered since the last flush."""
         counts, self._counts = self._counts, {}
-        if counts:
+        if counts and (self.tally is None or self.tally()):
             await anyio.to_thread.run_sync(record_probes, self.engine, counts)
 
     def pending(self) -> dict[tuple[str, str], list[int]]:

@@ -34,7 +34,7 @@ from yunnao.plugins.errors import CheckpointMoved, NotFound
 from yunnao.registry.http import parse_json
 from yunnao.registry.tables import Peer
 
-from .apply import Applier
+from .apply import Applier, Checked
 from .feed import FEED_DEPTH, Compacted, Feed
 from .peers import PeerStore
 from .policy import Reader
@@ -185,22 +185,32 @@ class Replicator:
         # A peer's page is read as a caller's body is: bounded nesting, readable numbers.
         return parse_json(resp.content, what=f"{peer.id}'s feed page", max_depth=FEED_DEPTH)
 
+    async def _fetch_checked(self, peer: Peer, since: int) -> tuple[dict[str, Any], Checked]:
+        """A page of ``peer``'s feed with its items' signatures checked ahead."""
+        page = await self._fetch(peer, since, 0)
+        items = page.get("items")
+        if not isinstance(items, list):
+            return page, Checked(items=[], problems={}, verified={})
+        return page, await anyio.to_thread.run_sync(self.applier.check_ahead, items)
+
     async def pull(self, peer: Peer, *, live: bool = False) -> None:
         """Apply ``peer``'s feed from its checkpoint until caught up; with ``live``, then
         wait (long poll) for one more change."""
         since = peer.checkpoint
-        pending: asyncio.Task[dict[str, Any]] | None = None
+        pending: asyncio.Task[tuple[dict[str, Any], Checked]] | None = None
         try:
-            page = await self._fetch(peer, since, 0)
+            page, checked = await self._fetch_checked(peer, since)
             while True:
                 more = page["next"] < page["head"]
-                if more:  # fetch the next page while this one is applied
-                    pending = asyncio.ensure_future(self._fetch(peer, page["next"], 0))
-                await self._apply(peer, page, since)
+                if more:
+                    # Fetch the next page and check its signatures (on another thread)
+                    # while this one is written.
+                    pending = asyncio.ensure_future(self._fetch_checked(peer, page["next"]))
+                await self._apply(peer, page, since, checked)
                 since = page["next"]
                 if pending is None:
                     break
-                page, pending = await pending, None
+                (page, checked), pending = await pending, None
             if live:
                 await self._apply(peer, await self._fetch(peer, since, self.wait), since)
         except Compacted:
@@ -209,10 +219,17 @@ class Replicator:
             if pending is not None:
                 pending.cancel()
 
-    async def _apply(self, peer: Peer, page: dict[str, Any], since: int) -> None:
+    async def _apply(
+        self, peer: Peer, page: dict[str, Any], since: int, checked: Checked | None = None
+    ) -> None:
         await anyio.to_thread.run_sync(
             lambda: self.applier.apply(
-                peer, page["items"], since=since, next_seq=page["next"], head=page["head"]
+                peer,
+                page["items"],
+                since=since,
+                next_seq=page["next"],
+                head=page["head"],
+                checked=checked,
             )
         )
 
@@ -301,10 +318,15 @@ class Replicator:
         ``wait`` seconds."""
         event = self._wake.setdefault(peer_id, anyio.Event())
         with anyio.move_on_after(self.wait):
-            while await anyio.to_thread.run_sync(self.feed.head) <= since:
-                if event.is_set():
-                    return
-                await anyio.sleep(0.02)
+            async with anyio.create_task_group() as tg:
+
+                async def woken() -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(woken)
+                await self.feed.watcher.wait_past(since, self.wait)
+                tg.cancel_scope.cancel()
 
     # ------------------------------------------------------------ on demand
 

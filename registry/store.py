@@ -52,6 +52,7 @@ from .tables import (
 )
 
 _META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
+_LOGGED = "yunnao_logged"  # Session.info: the changes a write transaction logged
 _VERSION_FIELDS = tuple(schemas.VersionSpec.model_fields)
 
 
@@ -108,14 +109,28 @@ class RegistryStore:
         # Bumped after every write through this store, so caches in this process (the
         # gateway's resolution cache) see the node's own writes at once.
         self.generation = 0
+        self._after_write: list[Callable[[], None]] = []
+        # Signs the changes a write logged, in its transaction (the cascade's feed).
+        self.signer: Callable[[Session, list[Change]], None] | None = None
+
+    def after_write(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` (thread-safe, cheap, never raising) after every write
+        transaction through this store ends, such as the cascade's head watcher."""
+        self._after_write.append(hook)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Session]:
         try:
             with write_session(self.engine) as s:
                 yield s
+                logged = s.info.pop(_LOGGED, None)
+                if logged and self.signer is not None:
+                    s.flush()  # a change's sequence number is part of what is signed
+                    self.signer(s, logged)
         finally:
             self.generation += 1
+            for hook in self._after_write:
+                hook()
 
     def transaction(self) -> contextlib.AbstractContextManager[Session]:
         """A write transaction of this store (serialized, all or nothing), for writes
@@ -470,7 +485,10 @@ class RegistryStore:
                 return
 
     def _log(self, s: Session, entity: str, key: str, op: str, digest: str) -> None:
-        s.add(Change(entity=entity, key=key, op=op, content_hash=digest, origin_node=self.node_id))
+        node = self.node_id
+        change = Change(entity=entity, key=key, op=op, content_hash=digest, origin_node=node)
+        s.add(change)
+        s.info.setdefault(_LOGGED, []).append(change)
 
     def _find(self, s: Session, namespace: str, name: str) -> CapabilityRow | None:
         return s.exec(

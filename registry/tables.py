@@ -300,6 +300,7 @@ class UsageRecord(SQLModel, table=True):
     """One invocation, for usage statistics and assessment."""
 
     __tablename__ = "usage_record"
+    __table_args__ = (sa.Index("ix_usage_record_namespace_name_at", "namespace", "name", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = _ts(index=True)
@@ -319,6 +320,16 @@ class UsageRecord(SQLModel, table=True):
     caller_node: str | None = Field(default=None, max_length=330)
     caller_department: str | None = Field(default=None, max_length=370)
     forwarded_by: str | None = Field(default=None, max_length=330)
+
+
+class UsedAssertion(SQLModel, table=True):
+    """A linked node's one-time assertion id (``peer jti``), accepted once by some
+    process of this node, kept until it expires (epoch seconds)."""
+
+    __tablename__ = "used_assertion"
+
+    key: str = Field(primary_key=True, max_length=700)
+    expires: float = Field(index=True)
 
 
 class UsageDaily(SQLModel, table=True):

@@ -205,7 +205,12 @@ def _from_records(
             sa.func.sum(sa.case((sa.and_(u.status >= 200, u.status < 300), 1), else_=0)),
             sa.func.sum(sa.case((u.status >= 500, 1), else_=0)),
         )
-        .where(u.at >= since, u.namespace.in_(sorted({ns for ns, _ in keys})))
+        .where(
+            # (namespace, name, at) is an index: only these capabilities' records are read
+            u.namespace.in_(sorted({ns for ns, _ in keys})),
+            u.name.in_(sorted({name for _, name in keys})),
+            u.at >= since,
+        )
         .group_by(u.namespace, u.name, "b")
     )  # fmt: skip
     out: dict[tuple[str, str], tuple[list[int], list[int]]] = {}

@@ -47,6 +47,8 @@ from yunnao.registry.identity.assertions import AssertionIssuer
 from yunnao.registry.identity.credentials import Credentials
 from yunnao.registry.identity.middleware import AssertionUse, AuthMiddleware
 from yunnao.registry.identity.oidc import OidcConfig, OidcVerifier
+from yunnao.registry.identity.replay import OneTimeIds, SharedOneTimeIds
+from yunnao.registry.leadership import Leadership, leader_lock
 from yunnao.registry.packages import api as packages_api
 from yunnao.registry.packages.environments import Environments
 from yunnao.registry.packages.jobs import PublishJobs
@@ -55,6 +57,7 @@ from yunnao.registry.problems import EXCEPTION_HANDLERS
 from yunnao.registry.publishing import Publisher
 from yunnao.registry.request_id import RequestIdMiddleware
 from yunnao.registry.store import RegistryStore
+from yunnao.registry.store_watch import ChangeWatch
 from yunnao.registry.titles import Titles
 from yunnao.runtimes.adapters import builtin as builtin_runtimes
 from yunnao.runtimes.adapters.base import RuntimeContext
@@ -68,6 +71,7 @@ from yunnao.runtimes.gateway.jobs import Jobs
 from yunnao.runtimes.gateway.metrics import Metrics
 from yunnao.runtimes.gateway.outbound import OutboundGuard
 from yunnao.runtimes.gateway.ratelimit import limiter_for
+from yunnao.runtimes.gateway.ratelimit_sqlite import SqliteLimiter
 from yunnao.runtimes.gateway.usage import UsageLog
 
 from .settings import Settings
@@ -194,14 +198,29 @@ def alias_lookup(store: RegistryStore, models: Any) -> Callable[[str, str, str],
 Task = Callable[[], Awaitable[Any]]
 
 
-async def readiness_details(runtimes: Runtimes, env_usage: EnvironmentUsage) -> dict[str, Any]:
-    """``/readyz``'s details: the sandbox department code runs in (never failing the
-    probe: what cannot be found out is said instead)."""
+def one_time_ids(settings: Settings, engine: sa.Engine) -> OneTimeIds:
+    """Where linked nodes' one-time assertion ids are kept: in this process when it alone
+    serves the node, else also in the store, for every process serving it (a PostgreSQL
+    store may be shared by gateways on other machines)."""
+    if settings.workers > 1 or not db.is_sqlite(engine):
+        return SharedOneTimeIds(engine)
+    return OneTimeIds()
+
+
+async def readiness_details(
+    runtimes: Runtimes, env_usage: EnvironmentUsage, leadership: Leadership | None = None
+) -> dict[str, Any]:
+    """``/readyz``'s details: the sandbox department code runs in, and which process
+    leads the store (never failing the probe: what cannot be found out is said instead)."""
+    out: dict[str, Any] = {}
     try:
-        return {"sandbox": await sandbox_status(runtimes, env_usage)}
+        out["sandbox"] = await sandbox_status(runtimes, env_usage)
     except Exception as exc:
         log.exception("readiness details")
-        return {"sandbox": {"error": f"{type(exc).__name__}: {exc}"}}
+        out["sandbox"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if leadership is not None:
+        out["leadership"] = await anyio.to_thread.run_sync(leadership.describe)
+    return out
 
 
 def lifespan(
@@ -268,7 +287,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         usage,
         metrics,
         alias_lookup=alias_lookup(store, models),
-        limiter=limiter_for(engine),
+        # Several processes on one SQLite store share their buckets through it too.
+        limiter=SqliteLimiter(engine)
+        if settings.workers > 1 and db.is_sqlite(engine)
+        else limiter_for(engine),
         caller_limit=settings.rate_limit,
         anonymous_limit=settings.rate_limit_anonymous,
     )
@@ -296,6 +318,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     # The cascade: this node's feed, applying its peers' entries, and the sync loops.
     feed = Feed(engine, node_id, key, share_internal=settings.cascade_share_internal)
+    store.after_write(feed.watcher.notify)  # this process's writes wake long polls at once
+    store.signer = feed.sign_logged  # own entries are signed when written, not when read
     applier = Applier(node_id, key, store.transaction)
     replicator = Replicator(
         feed=feed,
@@ -316,7 +340,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         timeout=settings.health_probe_timeout,
         late_after=settings.health_late_after,
         recovered=replicator.wake,
+        tally=lambda: leadership.held,  # only the leader writes the probe counts
     )
+
+    # Which process of those sharing the store runs its store-wide loops (duties below).
+    leadership = Leadership(leader_lock(engine), {})
 
     # What /readyz and the operator page say about the sandbox.
     env_usage = EnvironmentUsage(settings.data_dir.resolve() / "packages" / "envs")
@@ -351,7 +379,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             version=__version__,
             engine=engine,
             spec=spec,
-            details=partial(readiness_details, runtimes, env_usage),
+            details=partial(readiness_details, runtimes, env_usage, leadership),
         ),
         metrics_api.route(node_id=node_id, runtimes=runtimes, metrics=metrics, engine=engine),
     ]
@@ -373,17 +401,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     uploads.wake = upload_publisher.wake
 
-    background: list[Task] = [usage.run, audit.run, upload_publisher.run]
+    # Background tasks. Store-wide loops run in one process per store, the leader (see
+    # registry.leadership); the others run in every process: write buffers, job workers
+    # (claims are leased), probes for this process's breakers, lag samples, cache upkeep.
+    usage_rollup = UsageRollup(engine, node_id, key, interval=settings.usage_rollup_interval)
+    duties: dict[str, Task] = {"publish jobs": upload_publisher.run}
+    if settings.cascade_sync:
+        duties["replication"] = replicator.run
+    if settings.cascade_keep_days is not None:
+        duties["compaction"] = partial(compaction.run_hourly, feed, settings.cascade_keep_days)
+    duties["usage rollup"] = usage_rollup.run
+    leadership.duties = duties
+    background: list[Task] = [usage.run, audit.run, leadership.run]
     if settings.job_workers:
         background.append(jobs.run)
-    if settings.cascade_sync:
-        background.append(replicator.run)
-    background.append(lag_history.run)
-    background.append(prober.run)
-    if settings.cascade_keep_days is not None:
-        background.append(partial(compaction.run_hourly, feed, settings.cascade_keep_days))
-    usage_rollup = UsageRollup(engine, node_id, key, interval=settings.usage_rollup_interval)
-    background.append(usage_rollup.run)
+    background += [lag_history.run, prober.run, ChangeWatch(store, engine).run]
 
     app = Starlette(
         routes=routes,
@@ -400,7 +432,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 verify_session=credentials.verify_session,
             ),
             # A linked node's assertion serves only its purpose and route, once.
-            Middleware(AssertionUse),
+            Middleware(AssertionUse, seen=one_time_ids(settings, engine)),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan(
@@ -454,5 +486,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.health = health
     app.state.usage_engine = engine
     app.state.usage_rollup = usage_rollup
+    app.state.leadership = leadership
     app.state.stopping = threading.Event()  # set when the server begins to shut down
     return app

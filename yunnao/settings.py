@@ -136,6 +136,14 @@ class Settings(BaseSettings):
         "set to true); unset: on for embedded defaults on loopback only (no database URL, "
         "no identity provider)",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes serving this node on one port and one store; one of them "
+        "(the leader) runs the store-wide loops (replication, publish jobs, usage rollup, "
+        "compaction, probe tallies)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")

@@ -14,12 +14,24 @@ cookie must hold a web page session (``verify_session``: audience ``<node>#ui``,
 browser writes nothing through the API, and an API token set as a cookie signs nobody
 in. A cookie that does not verify (expired, or not a session) makes the visitor
 anonymous, and the page offers to sign in again.
+
+A bearer token that verified is remembered (:class:`VerifiedTokens`): the same token
+again within ``CACHE_SECONDS`` and before its ``exp`` is the same identity without
+checking its signature again (which costs more than the rest of a call). Only tokens
+whose verification depends on nothing but their bytes, a key and the clock are: never
+an API key (revocable, and already cached for a few seconds where it is checked), never
+a linked node's assertion (each is held to one use by :class:`AssertionUse`), never a
+refusal. A key rotated or withdrawn stops a remembered token within ``CACHE_SECONDS``.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from collections.abc import Callable
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,6 +39,7 @@ from yunnao.plugins.errors import Unauthorized, YunnaoError
 
 from ..access import ANONYMOUS, Identity
 from ..problems import yunnao_error
+from .apikeys import is_api_key
 from .assertions import check_use
 from .forwarded import Forwarded
 from .replay import OneTimeIds
@@ -34,6 +47,43 @@ from .replay import OneTimeIds
 Verifier = Callable[[str], Identity]
 SESSION_COOKIE = "yunnao_session"
 _API_PREFIXES = ("/v1/", "/v2/", "/metrics", "/openapi.json")
+CACHE_SECONDS = 60.0
+CACHE_SIZE = 4096
+
+
+class VerifiedTokens:
+    """Bearer tokens that verified, with their identity, until their ``exp`` (at most
+    ``CACHE_SECONDS``); bounded (emptied when full). Used on the event loop only."""
+
+    def __init__(self, verify: Verifier) -> None:
+        self.verify = verify
+        self._known: dict[str, tuple[float, Identity]] = {}
+
+    def __call__(self, token: str) -> Identity:
+        now = time.time()
+        hit = self._known.get(token)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        identity = self.verify(token)  # raises for a token that does not verify
+        if is_api_key(token) or isinstance(identity, Forwarded):
+            return identity
+        expires = _expiry(token)
+        if expires is not None and expires > now:
+            if len(self._known) >= CACHE_SIZE:
+                self._known.clear()
+            self._known[token] = (min(expires, now + CACHE_SECONDS), identity)
+        return identity
+
+
+def _expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT that has just verified (None: none readable)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+    except (IndexError, ValueError):
+        return None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
 class AuthMiddleware:
@@ -41,7 +91,7 @@ class AuthMiddleware:
         self, app: ASGIApp, verify: Verifier, verify_session: Verifier | None = None
     ) -> None:
         self.app = app
-        self.verify = verify  # API credentials (the Authorization header)
+        self.verify = VerifiedTokens(verify)  # API credentials (the Authorization header)
         self.verify_session = verify_session  # web page sessions (the cookie); None: none
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,7 +141,11 @@ class AssertionUse:
             identity = scope.get("state", {}).get("identity")
             if isinstance(identity, Forwarded):
                 try:
-                    check_use(identity, scope["method"], scope["path"], self.seen)
+                    args = (identity, scope["method"], scope["path"], self.seen)
+                    if self.seen.blocking:  # the store's record: off the event loop
+                        await anyio.to_thread.run_sync(check_use, *args)
+                    else:
+                        check_use(*args)
                 except YunnaoError as exc:
                     response = await yunnao_error(Request(scope), exc)
                     await response(scope, receive, send)

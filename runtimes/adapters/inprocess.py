@@ -1,4 +1,5 @@
-"""The ``inprocess`` runtime: capabilities run inside the node, off its event loop.
+"""The ``inprocess`` runtime: capabilities run inside the node, off its event loop (short
+ones on it, see below).
 
 A version runs from its published MLflow model (code and artifacts as published): only
 ``models:/{namespace}.{name}/N`` of the node's own MLflow is ever loaded. An entry without
@@ -16,6 +17,20 @@ when that plugin's own namespace (``<node>.<plugin>``) is the entry's. Two execu
 Each target has its own concurrency limit (binding config ``max_concurrency``, default
 the node's ``max_concurrency``, 4): calls beyond it wait, within their timeout.
 
+Short calls skip the thread hop (``thread`` executor): a version whose last
+``INLINE_AFTER`` calls in a worker thread each finished within ``inline_budget_ms``
+(1 ms) runs on the event loop itself from then on, since handing a call to a thread and
+back costs more than such a call. It goes back to the threads for good (a warning names
+it) at its first call on the event loop that takes over ``INLINE_STALL`` times the
+budget, or once its calls overrun the budget more than now and then (``INLINE_STRIKES``
+overruns, each call within the budget taking back ``INLINE_FORGIVE`` of one): a call
+on the event loop can be held up by another thread taking the interpreter's lock, so
+one overrun by a little is not yet the capability's doing. What this costs: before a
+version goes back, the calls that overran held up the node's other calls for their
+duration (at most ``INLINE_STALL`` × the budget each, or a call's own length when one
+suddenly runs long), never again after. ``inline_budget_ms`` 0 (or binding config
+``inline: false``) keeps every call in threads.
+
 A model of an uploaded package never runs here, whoever bound it: the loader refuses it
 (:class:`NotDeployable` naming the sandbox) before any of its code is imported, since
 here it would run beside the node's key and store.
@@ -27,6 +42,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import Pool
@@ -55,6 +71,14 @@ from .settings import RuntimeSettings
 log = logging.getLogger("yunnao.runtimes.inprocess")
 
 EXECUTORS = ("thread", "process")
+# Consecutive calls in a worker thread, each within the budget, before a version runs on
+# the event loop.
+INLINE_AFTER = 20
+# On the event loop: one call over INLINE_STALL × the budget, or INLINE_STRIKES overruns
+# (each call within the budget forgiving INLINE_FORGIVE of one) send a version back.
+INLINE_STALL = 20
+INLINE_STRIKES = 3.0
+INLINE_FORGIVE = 0.05
 
 
 class InProcessSettings(RuntimeSettings):
@@ -73,6 +97,11 @@ class InProcessSettings(RuntimeSettings):
     """Worker processes of the ``process`` executor (0: one fewer than the CPUs, at least 1)."""
     max_concurrency: int = 4
     """Calls of one target at once, unless its binding sets ``max_concurrency``."""
+    inline_budget_ms: float = 1.0
+    """A version whose recent calls each finished within this many milliseconds runs on
+    the event loop, without a hop to a worker thread; a call there over ``INLINE_STALL``
+    times it, or repeated overruns, send the version back to the threads for good. 0:
+    every call in a worker thread."""
 
 
 class InProcessRuntime:
@@ -94,6 +123,12 @@ class InProcessRuntime:
         self._runnables: dict[str, Runnable] = {}  # thread executor: slug -> runnable
         self._sources: dict[str, tuple[str, str]] = {}  # process executor: slug -> source
         self._limiters: dict[str, asyncio.Semaphore] = {}
+        # The inline fast path (thread executor): consecutive quick calls in threads per
+        # slug, the slugs running on the event loop, and those sent back for good.
+        self.inline_budget = max(0.0, settings.inline_budget_ms) / 1000
+        self._quick: dict[str, int] = {}
+        self._inline: dict[str, float] = {}  # slug -> its strikes on the event loop
+        self._threads_only: set[str] = set()
         # Few threads by default: with more, CPU-bound capabilities fight the event loop
         # for the GIL and the tail latency of every call grows (measured: p99 at 32
         # concurrent calls 40 ms with 4 threads, 260 ms with 8). Raise it for
@@ -113,16 +148,23 @@ class InProcessRuntime:
             self._runnables[target.slug] = runnable
         else:
             self._sources[target.slug] = await anyio.to_thread.run_sync(self._source, target)
+        if not self.inline_budget or target.config.get("inline", True) is False:
+            self._threads_only.add(target.slug)
         self._limiters[target.slug] = asyncio.Semaphore(max(1, limit))
 
     async def undeploy(self, target: Target) -> None:
         self._runnables.pop(target.slug, None)
         self._sources.pop(target.slug, None)
         self._limiters.pop(target.slug, None)
+        self._quick.pop(target.slug, None)
+        self._inline.pop(target.slug, None)
+        self._threads_only.discard(target.slug)
 
     async def invoke(self, target: Target, inputs: dict[str, Any], *, timeout: float) -> Any:
         if target.slug not in self._limiters:
             await self.deploy(target)
+        if target.slug in self._inline and not self._limiters[target.slug].locked():
+            return self._on_loop(target, inputs)
         # asyncio's own primitives: this is the hot path of every in-process call, and
         # they cost a fraction of anyio's cancel scopes and worker-thread bookkeeping.
         try:
@@ -146,7 +188,9 @@ class InProcessRuntime:
             "executor": self.executor,
             "processes": self.processes if self.executor == "process" else None,
             "max_concurrency": self.max_concurrency,
+            "inline_budget_ms": self.inline_budget * 1000,
             "deployed": sorted(self._limiters),
+            "inline": sorted(self._inline),
         }
 
     async def close(self) -> None:
@@ -160,12 +204,55 @@ class InProcessRuntime:
     async def _in_thread(self, target: Target, inputs: dict[str, Any]) -> Any:
         runnable = self._runnables[target.slug]
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._threads, runnable, inputs)
-        except YunnaoError:
-            raise  # the capability's own validation (422) or an invalid output
-        except Exception as exc:
-            raise CapabilityError(f"{type(exc).__name__}: {exc}") from exc
+        if target.slug in self._threads_only:
+            try:
+                return await loop.run_in_executor(self._threads, runnable, inputs)
+            except YunnaoError:
+                raise  # the capability's own validation (422) or an invalid output
+            except Exception as exc:
+                raise CapabilityError(f"{type(exc).__name__}: {exc}") from exc
+        took, failure, output = await loop.run_in_executor(self._threads, _timed, runnable, inputs)
+        self._learn(target.slug, took)
+        if failure is not None:
+            _raise(failure)
+        return output
+
+    def _learn(self, slug: str, took: float) -> None:
+        """Count a call that ran in a worker thread towards the inline fast path."""
+        if slug in self._threads_only or slug not in self._limiters:
+            return
+        if took > self.inline_budget:
+            self._quick[slug] = 0
+            return
+        quick = self._quick.get(slug, 0) + 1
+        self._quick[slug] = quick
+        if quick >= INLINE_AFTER:
+            self._inline[slug] = 0.0
+            log.info("%s runs on the event loop: its last %d calls each took under %g ms",
+                     slug, quick, self.inline_budget * 1000)  # fmt: skip
+
+    def _on_loop(self, target: Target, inputs: dict[str, Any]) -> Any:
+        """Run a call on the event loop (the fast path of short calls)."""
+        slug = target.slug
+        took, failure, output = _timed(self._runnables[slug], inputs)
+        if took <= self.inline_budget:
+            strikes = self._inline[slug]
+            if strikes:
+                self._inline[slug] = max(0.0, strikes - INLINE_FORGIVE)
+        else:
+            strikes = self._inline[slug] + 1
+            self._inline[slug] = strikes
+            if took > INLINE_STALL * self.inline_budget or strikes >= INLINE_STRIKES:
+                del self._inline[slug]
+                self._threads_only.add(slug)
+                log.warning(
+                    "%s took %.1f ms on the event loop, over the inline budget of %g ms "
+                    "(%d times lately): its calls run in worker threads from now on",
+                    target.id, took * 1000, self.inline_budget * 1000, int(strikes),
+                )  # fmt: skip
+        if failure is not None:
+            _raise(failure)
+        return output
 
     def _recycle_threads(self) -> None:
         """A call overran its timeout and still holds a worker thread (Python cannot
@@ -280,6 +367,22 @@ def _check_own_model(target: Target) -> None:
             f"{target.id}: its model_uri {target.model_uri!r} is not a version of this "
             f"node's own model {target.namespace}.{target.name}, so it is not loaded"
         )
+
+
+def _timed(runnable: Runnable, inputs: dict[str, Any]) -> tuple[float, Exception | None, Any]:
+    """Run ``runnable``: the seconds it took, what it raised (or None), its output."""
+    started = time.perf_counter()
+    try:
+        output = runnable(inputs)
+    except Exception as exc:
+        return time.perf_counter() - started, exc, None
+    return time.perf_counter() - started, None, output
+
+
+def _raise(failure: Exception) -> None:
+    if isinstance(failure, YunnaoError):
+        raise failure  # the capability's own validation (422) or an invalid output
+    raise CapabilityError(f"{type(failure).__name__}: {failure}") from failure
 
 
 class _PoolGone(Exception):

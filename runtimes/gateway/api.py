@@ -15,7 +15,7 @@ from yunnao.registry import schemas
 from yunnao.registry.access import Action, require
 from yunnao.registry.api import Endpoint
 from yunnao.registry.bindings import require_binding
-from yunnao.registry.http import json_response, read_model
+from yunnao.registry.http import json_response, read_json, read_model, validate_model
 from yunnao.registry.identity.forwarded import forwarded
 from yunnao.registry.identity.middleware import identity_of
 
@@ -80,6 +80,15 @@ def _invoker(request: Request) -> Invoker:
     return request.app.state.invoker
 
 
+async def _envelope(request: Request, max_bytes: int) -> InvokeRequest:
+    """The body of a call. The common one, ``{"input": {...}}``, needs none of the
+    model's checks but that the input is an object (a JSON object's keys are strings)."""
+    data = await read_json(request, max_bytes)
+    if type(data) is dict and len(data) == 1 and type(data.get("input")) is dict:
+        return InvokeRequest.model_construct(input=data["input"])
+    return validate_model(InvokeRequest, data)
+
+
 def _wants_async(request: Request) -> bool:
     prefer = request.headers.get("prefer", "")
     return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
@@ -96,7 +105,7 @@ async def invoke(request: Request) -> Response:
             errors=[FieldError("Prefer", "respond-async is not for forwarded calls")],
         )
     namespace, name_ref = request.path_params["namespace"], request.path_params["name"]
-    body = await read_model(request, InvokeRequest, invoker.max_body_bytes)
+    body = await _envelope(request, invoker.max_body_bytes)
     timeout = body.timeout or invoker.default_timeout
     if timeout > invoker.max_timeout:
         raise ValidationFailed(

@@ -56,6 +56,15 @@ from .common import (
     "defaults on loopback  [env YUNNAO_UI_DEV_SIGNIN]",
 )
 @click.option(
+    "--workers",
+    envvar="YUNNAO_WORKERS",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes serving this node on one port and one store (the store-wide loops "
+    "run in one of them)  [env YUNNAO_WORKERS]",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -71,6 +80,7 @@ def serve(
     publish_plugins: bool | None,
     plugin_targets: tuple[str, ...],
     ui_dev_signin: bool | None,
+    workers: int,
     log_level: str,
 ) -> None:
     """Run a registry node.
@@ -78,12 +88,10 @@ def serve(
     With no options it runs on embedded defaults: a SQLite store and a node key under
     ./var (the store is created and upgraded on start). With --database-url pointing at
     PostgreSQL, run `yunnao db upgrade` first: a shared store is never migrated implicitly.
+    With --workers N, N processes serve the node (see "More processes, more machines" in
+    docs/operating.md).
     """
     import logging
-
-    import uvicorn
-
-    from yunnao.app import SchemaOutOfDate, create_app
 
     settings = node_settings(
         node_id=node_id,
@@ -94,6 +102,7 @@ def serve(
         publish_plugins=publish_plugins,
         plugin_targets=list(plugin_targets) or None,
         ui_dev_signin=ui_dev_signin,
+        workers=workers,
     )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
@@ -101,13 +110,29 @@ def serve(
     node_log.addHandler(handler)
     node_log.setLevel(log_level.upper())
     node_log.propagate = False
+    if settings.workers > 1:
+        _serve_workers(settings, log_level)
+        return
+    app = _app(settings)
+    _banner(settings)
+    _serve(app, settings, log_level)
+
+
+def _app(settings: Any) -> Any:
+    from yunnao.app import SchemaOutOfDate, create_app
+
     try:
-        app = create_app(settings)
+        return create_app(settings)
     except SchemaOutOfDate as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _banner(settings: Any) -> None:
+    host, port = settings.host, settings.port
+    processes = f", {settings.workers} worker processes" if settings.workers > 1 else ""
     err_console.print(
         f"[bold]Yunnao[/bold] node [cyan]{settings.node_id}[/cyan] on "
-        f"http://{host}:{port}  (store: {_redact(settings.db_url)})"
+        f"http://{host}:{port}  (store: {_redact(settings.db_url)}{processes})"
     )
     if settings.dev_signin:
         err_console.print(
@@ -119,6 +144,11 @@ def serve(
             f"Dev sign-in is off: this node listens on {host}, not on loopback "
             "(sign in with single sign-on, or call the API with node tokens or API keys)."
         )
+
+
+def _serve(app: Any, settings: Any, log_level: str, sock: Any = None) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, on its own socket or on ``sock``."""
+    import uvicorn
 
     class NodeServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -134,8 +164,40 @@ def serve(
             gc.collect()
             gc.freeze()
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=False)
-    NodeServer(config).run()
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=False
+    )
+    NodeServer(config).run(sockets=None if sock is None else [sock])
+
+
+def _serve_workers(settings: Any, log_level: str) -> None:
+    """Bind the port, prepare the node once, then run ``settings.workers`` processes on
+    it (:mod:`yunnao.supervisor`)."""
+    import uvicorn
+
+    from yunnao import supervisor
+
+    sock = uvicorn.Config("-", host=settings.host, port=settings.port).bind_socket()
+    code = supervisor.in_child(lambda: _prepared(settings))
+    if code:
+        sock.close()
+        raise SystemExit(code)
+    _banner(settings)
+    # The workers publish nothing on start: the preparation did.
+    each = settings.model_copy(update={"publish_plugins": False})
+    supervisor.Supervisor(
+        sock, settings.workers, lambda s: _serve(_app(each), each, log_level, s)
+    ).run()
+
+
+def _prepared(settings: Any) -> None:
+    from yunnao import supervisor
+    from yunnao.app import SchemaOutOfDate
+
+    try:
+        supervisor.prepare(settings)
+    except SchemaOutOfDate as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _redact(url: str) -> str:

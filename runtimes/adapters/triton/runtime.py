@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from tritonclient.http.aio import InferenceServerClient
 
 log = logging.getLogger("yunnao.runtimes.triton")
+# A wrapper model's V2 request header, rendered once: only the input's length varies.
+_HEADER = (
+    f'{{"inputs":[{{"name":"{INPUT_JSON}","shape":[%d],"datatype":"UINT8",'
+    '"parameters":{"binary_data_size":%d}}],'
+    f'"outputs":[{{"name":"{OUTPUT_JSON}","parameters":{{"binary_data":true}}}}]}}'
+).encode()
 
 # Triton's own answers (never a capability's: those start with the exception's type)
 # for a model it does not serve, lost in a restart or unloaded, or whose Python stub
@@ -137,7 +143,8 @@ class TritonRuntime:
             dep = self._deployed[target.slug]
         starting = self.server is not None and not self.server.running
         try:
-            return await asyncio.wait_for(self._call(dep, inputs), timeout)
+            async with asyncio.timeout(timeout):  # no task per call, unlike wait_for
+                return await self._call(dep, inputs)
         except TimeoutError:
             # The answer may never come on that connection (see _forget_connections).
             self._forget_connections()
@@ -246,19 +253,7 @@ class TritonRuntime:
         from tritonclient.utils import InferenceServerException
 
         payload = json.dumps(inputs, ensure_ascii=False).encode()
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": INPUT_JSON,
-                        "shape": [len(payload)],
-                        "datatype": "UINT8",
-                        "parameters": {"binary_data_size": len(payload)},
-                    }
-                ],
-                "outputs": [{"name": OUTPUT_JSON, "parameters": {"binary_data": True}}],
-            }
-        ).encode()
+        header = _HEADER % (len(payload), len(payload))
         session = self._session_now()
         try:
             async with session.post(
