@@ -328,10 +328,12 @@ async def operators(request: Request) -> Response:
         search.SearchQuery(filters={"node": [settings.node_id]}, per_page=100),
     )
     parent = next((p for p in peers if p.relation == "parent"), None)
+    leadership = request.app.state.leadership
     return _render(
         request,
         "operators.html",
         node_public_key=cascade.public_key,
+        leadership=await _run(leadership.describe) if leadership else None,
         parent=parent,
         children=[p for p in peers if p.relation == "child"],
         peers=peers,

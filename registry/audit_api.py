@@ -70,6 +70,12 @@ class AuditVerdict(BaseModel):
     head: str = Field(description="hash of the newest event: keep it elsewhere to anchor the chain")
     broken_at: int | None
     reason: str
+    pruned_through: int = Field(
+        0, description="events up to this seq were removed by retention (0: none)"
+    )
+    pruned_before: datetime | None = Field(
+        None, description="the retention's cutoff: the removed events were older"
+    )
 
 
 def _out(event: AuditEvent) -> AuditEventOut:
@@ -129,6 +135,8 @@ async def audit_verify(request: Request) -> Response:
             head=verdict.head,
             broken_at=verdict.broken_at,
             reason=verdict.reason,
+            pruned_through=verdict.pruned_through,
+            pruned_before=verdict.pruned_before,
         )
     )
 

@@ -56,6 +56,7 @@ from yunnao.registry.packages.publish import UploadPublisher
 from yunnao.registry.problems import EXCEPTION_HANDLERS
 from yunnao.registry.publishing import Publisher
 from yunnao.registry.request_id import RequestIdMiddleware
+from yunnao.registry.retention import Retention
 from yunnao.registry.store import RegistryStore
 from yunnao.registry.store_watch import ChangeWatch
 from yunnao.registry.titles import Titles
@@ -411,6 +412,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.cascade_keep_days is not None:
         duties["compaction"] = partial(compaction.run_hourly, feed, settings.cascade_keep_days)
     duties["usage rollup"] = usage_rollup.run
+    retention = Retention(engine, audit, settings.usage_keep_days, settings.audit_keep_days)
+    if retention.active:
+        duties["retention"] = retention.run_hourly
     leadership.duties = duties
     background: list[Task] = [usage.run, audit.run, leadership.run]
     if settings.job_workers:

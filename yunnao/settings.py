@@ -75,6 +75,18 @@ class Settings(BaseSettings):
         description="compact superseded changes and tombstones older than this from the feed "
         "(hourly); followers further behind read it again from the start. None: never",
     )
+    usage_keep_days: float | None = Field(
+        None,
+        ge=7,
+        description="delete usage records older than this (hourly; the daily aggregates "
+        "the assessment reads are kept). None: keep them all",
+    )
+    audit_keep_days: float | None = Field(
+        None,
+        ge=180,
+        description="remove audit events older than this (hourly), keeping the hash chain "
+        "verifiable; at least 180 (logs are kept six months). None: keep them all",
+    )
     health_probe_interval: float = Field(
         3.0, gt=0, le=300, description="seconds between live probes of each linked node"
     )

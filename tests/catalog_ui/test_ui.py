@@ -128,6 +128,8 @@ def test_operator_pages_need_an_operator(sqlite_node: Node) -> None:
     _session(sqlite_node, "operator")
     page = sqlite_node.client.get("/ops")
     assert page.status_code == 200 and "级联节点" in page.text
+    # Which process runs the store-wide duties (one per store, see registry.leadership).
+    assert "后台任务" in page.text and "级联同步" in page.text and "执行进程" in page.text
 
 
 def test_markdown_is_rendered_and_sanitized() -> None:

@@ -86,7 +86,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         YunnaoProcess(
             root / CITY,
             "--node-id", CITY, "--workers", "2", "--plugin", str(RT_PLUGIN_DIR / "yunnao_rt"),
-            env={"YUNNAO_PLUGINS": "false"},
+            # Retention on: one more duty of the leader's (pruning nothing here).
+            env={"YUNNAO_PLUGINS": "false", "YUNNAO_USAGE_KEEP_DAYS": "30",
+                 "YUNNAO_AUDIT_KEEP_DAYS": "365"},
         ),
     )  # fmt: skip
     shinan = Site(SHINAN, YunnaoProcess(root / SHINAN, "--node-id", SHINAN))
@@ -119,7 +121,7 @@ def test_both_processes_answer_and_exactly_one_leads(setup: Setup) -> None:
     leader = next(w for w, v in zip((a, b), views, strict=True) if v["leader"])
     for view in views:  # both name the same holder: the leading process
         assert view["holder"].startswith(f"{leader.name} since ")
-        assert {"replication", "publish jobs", "usage rollup"} <= set(view["duties"])
+        assert {"replication", "publish jobs", "usage rollup", "retention"} <= set(view["duties"])
     for worker in (a, b):
         resp = worker.client.post(f"/v1/invoke/{NS}/greet", json=GREET)
         assert resp.status_code == 200, resp.text

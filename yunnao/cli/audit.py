@@ -23,7 +23,9 @@ def verify(
     node_id: str | None, data_dir: str | None, database_url: str | None, as_json: bool
 ) -> None:
     """Walk the whole chain in the node's store (run it where the store is reachable);
-    exits 1 when it is broken. Keep the printed head hash elsewhere to anchor the chain."""
+    exits 1 when it is broken. Keep the printed head hash elsewhere to anchor the chain.
+    A chain pruned by retention (YUNNAO_AUDIT_KEEP_DAYS) is verified from its newest
+    prune's anchor."""
     from yunnao.registry import db
     from yunnao.registry.audit import AuditLog
 
@@ -41,10 +43,20 @@ def verify(
                 "head": verdict.head,
                 "broken_at": verdict.broken_at,
                 "reason": verdict.reason,
+                "pruned_through": verdict.pruned_through,
+                "pruned_before": (
+                    verdict.pruned_before.isoformat() if verdict.pruned_before else None
+                ),
             }
         )
     elif verdict.ok:
         console.print(f"[green]intact[/green]: {verdict.events} events, head {verdict.head}")
+        if verdict.pruned_before is not None:
+            console.print(
+                f"events up to {verdict.pruned_through} (older than "
+                f"{verdict.pruned_before:%Y-%m-%d %H:%M} UTC) were removed by retention; "
+                "the chain is verified from there"
+            )
     else:
         console.print(
             f"[red]BROKEN[/red] at event {verdict.broken_at}: {verdict.reason} "
