@@ -8,7 +8,7 @@ catalogs (:mod:`.i18n`), zh-CN by default with an English switch.
 
 from starlette.routing import BaseRoute
 
-from . import access_pages, assessment_pages, authoring, naming, overview, pages
+from . import access_pages, assessment_pages, authoring, compare, naming, overview, pages
 
 ACTIONS = {**pages.ACTIONS, **authoring.ACTIONS, **naming.ACTIONS, **access_pages.ACTIONS}
 
@@ -22,6 +22,7 @@ def routes() -> list[BaseRoute]:
         *access_pages.routes(),
         *overview.routes(),
         *assessment_pages.routes(),
+        *compare.routes(),
         *pages.routes(),
     ]
 

@@ -16,6 +16,7 @@ test fails otherwise).
     ├── MethodNotAllowed            405 method-not-allowed
     ├── Conflict                    409 conflict
     │   ├── IllegalTransition       409 illegal-transition
+    │   ├── BreakingChange          409 breaking-change      (a minor version breaking callers)
     │   └── CheckpointMoved         409 checkpoint-moved     (a cascade batch out of order)
     ├── NotDeployable               409 not-deployable       (a version its runtime cannot run)
     ├── Gone                        410 gone
@@ -131,6 +132,12 @@ class IllegalTransition(Conflict):
     """A lifecycle move the state machine does not allow."""
 
     slug, title = "illegal-transition", "Illegal lifecycle transition"
+
+
+class BreakingChange(Conflict):
+    """A minor or patch version that would break callers of the version before it."""
+
+    slug, title = "breaking-change", "Breaking change in a minor or patch version"
 
 
 class NotDeployable(YunnaoError):

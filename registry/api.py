@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from yunnao.plugins.capability import Capability
 from yunnao.plugins.errors import FieldError, Forbidden, NotFound, Unavailable, ValidationFailed
 
-from . import health_view, names, schemas, search
+from . import compat, health_view, names, schemas, search
 from .access import Action, require, require_role
 from .bindings import require_binding
 from .http import json_response, not_modified, parse_query, read_model
@@ -172,6 +172,15 @@ async def show_version(request: Request) -> Response:
         request.path_params["version"],
     )
     return not_modified(request, etag) or json_response(version, etag=etag)
+
+
+async def compare_versions(request: Request) -> Response:
+    namespace, name = _path(request)
+    params = parse_query(compat.CompareParams, dict(request.query_params))
+    store, who = _catalog(request).store, identity_of(request)
+    old, _ = await _run(store.get_version, who, namespace, name, params.from_)
+    new, _ = await _run(store.get_version, who, namespace, name, params.to)
+    return JSONResponse(compat.compare(old, new).model_dump(mode="json", by_alias=True))
 
 
 def _check_new_address(namespace: str, name: str) -> None:
@@ -406,6 +415,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         status=201,
         errors=(400, 401, 403, 409, 413, 415, 422),
         auth="required",
+    ),
+    Endpoint(
+        "GET",
+        CAP + "/compare",
+        compare_versions,
+        "compareVersions",
+        "Compare two versions' schemas and examples, with what breaks callers",
+        query=compat.CompareParams,
+        response=compat.Comparison,
+        errors=(400, 401, 404),
+        description="`from` is the version callers use now, `to` the other. A minor or "
+        "patch version that breaks callers of the version before it in its major is "
+        "refused at publish (409 `breaking-change`); this shows why, or what a new major "
+        "changes.",
     ),
     Endpoint(
         "GET",

@@ -132,6 +132,7 @@ class Publisher:
         step(STEPS[0])
         self.check(cap, namespace, aliases)
         spec = publish_request(cap, status)
+        self.store.check_compatible(namespace, cap.name, spec)  # before MLflow has anything
         step(STEPS[1])
         logged = self.models.log(cap, namespace=namespace, node=self.store.node_id)
         try:

@@ -27,7 +27,7 @@ from yunnao.plugins.errors import (
     ValidationFailed,
 )
 
-from . import lifecycle, names, schemas, search
+from . import compat, lifecycle, names, schemas, search
 from .access import Identity, may_discover
 from .db import read_session, write_session
 from .facets import FacetIndex
@@ -184,6 +184,14 @@ class RegistryStore:
             if row is None or row.deleted_at is not None:
                 return []
             return self._version_numbers(s, row)
+
+    def check_compatible(self, namespace: str, name: str, spec: schemas.PublishRequest) -> None:
+        """Refuse now (``BreakingChange``) what :meth:`publish` would refuse as breaking
+        callers, before a publish does costly work such as logging a model."""
+        with read_session(self.engine) as s:
+            row = self._find(s, namespace, name)
+            if row is not None and row.deleted_at is None:
+                compat.check_publish(s, row, spec)
 
     def resolve(self, namespace: str, name: str, ref: str | None = None) -> Resolution:
         """The version a call of ``namespace/name`` means: ``ref`` a version number,
@@ -417,6 +425,7 @@ class RegistryStore:
                     "publish a new version number",
                     errors=[FieldError("version", f"{spec.version} is already taken")],
                 )
+            compat.check_publish(s, row, spec)
             # The capability describes its newest line: a backport (1.9.1 after 2.0.0)
             # adds a version without rolling the description back.
             if not numbers or names.sort_versions([*numbers, spec.version])[0] == spec.version:

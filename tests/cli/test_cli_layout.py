@@ -54,7 +54,8 @@ def test_every_group_module_mounts_its_commands_on_main() -> None:
     assert names == {
         "serve", "db", "search", "show", "invoke", "runtime", "token", "plugins",
         "publish", "cascade", "key", "audit", "usage", "demo",
-        "versions", "deprecate", "retire", "edit", "publish-jobs", "login", "logout", "profiles",
+        "versions", "compare", "deprecate", "retire", "edit", "publish-jobs", "login", "logout",
+        "profiles",
         "node", "namespace", "access", "assessment",
     }  # fmt: skip
     for command in main.commands.values():

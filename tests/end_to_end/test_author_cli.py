@@ -1,9 +1,10 @@
 """The author's command line against a real ``yunnao serve`` node: ``yunnao`` run as its
 own process, from a folder of its own, with nothing but the node's URL and a token (no
 profile, no node files): it builds a project folder into a wheel, uploads it and follows
-the job, then lists versions, edits the metadata, deprecates and retires a version and
-shows the publish job. The node's state is checked over HTTP after each command. A
-package that fails to import is refused, and the author sees the traceback."""
+the job, then lists versions, edits the metadata, deprecates and retires a version,
+shows the publish job and compares two versions. The node's state is checked over HTTP
+after each command. A package that fails to import is refused, and the author sees the
+traceback."""
 
 from __future__ import annotations
 
@@ -106,6 +107,22 @@ def test_an_author_publishes_a_project_folder_and_manages_it_from_the_command_li
     shown = author.run("publish-jobs", "show", job["id"])
     assert shown.returncode == 0, shown.stderr
     assert "received" in shown.stderr and f"{NS}/weights@2.0.0" in shown.stdout
+
+    # Two versions' differences, and what breaks callers (exit 1).
+    out = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    for number, schema in (("1.0.0", out), ("2.0.0", {"type": "object"})):
+        resp = httpx.post(
+            f"{author.url}/v1/capabilities/{NS}/plain/versions",
+            json={"version": number, "title": "plain", "output_schema": schema},
+            headers={"Authorization": f"Bearer {author.token}"},
+        )
+        assert resp.status_code == 201, resp.text
+    compared = author.run("compare", f"{NS}/plain", "1.0.0", "2.0.0")
+    assert compared.returncode == 1, compared.stderr
+    assert "1 breaking changes" in compared.stdout and "output.n: removed" in compared.stdout
+    assert "allowed: 2.0.0 is a new major" in compared.stdout
+    same = author.run("compare", f"{NS}/plain", "2.0.0", "2.0.0", "--json")
+    assert same.returncode == 0 and json.loads(same.stdout)["compatible"] is True
 
 
 def test_a_package_that_fails_to_import_is_refused_and_the_author_sees_the_traceback(

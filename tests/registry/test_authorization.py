@@ -387,11 +387,14 @@ def test_only_admins_grant_and_a_new_version_keeps_the_rules(authz: AuthzNode) -
     assert authz.client.patch(path, json={"access": rules}, headers=admin).status_code == 200
     try:
         # An author's new version (no `access` in it) leaves the admin's rules as they are.
+        v1 = authz.client.get(f"{path}/versions/1.0.0", headers=admin).json()
+        schemas = {k: v1[k] for k in ("input_schema", "output_schema")}  # compatible
         resp = authz.client.post(
             f"{path}/versions",
-            json={"version": "1.1.0", "title": "public greeter", "classification": "public"},
+            json={"version": "1.1.0", "title": "public greeter", "classification": "public",
+                  **schemas},
             headers=author,
-        )
+        )  # fmt: skip
         assert resp.status_code == 201, resp.text
         got = authz.client.get(path, headers=admin).json()["access"]
         assert got["invoke"]["roles"] == ["consumer"] and got["rate_limit"] == "100/min"

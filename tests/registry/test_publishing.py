@@ -390,3 +390,34 @@ def test_a_node_can_publish_its_plugins_on_start_once(tmp_path: Path) -> None:
             node.stop()
     for cap, namespace in EXAMPLES.values():
         assert len(versions_of(data, f"{namespace}.{cap.name}")) == 1
+
+
+def test_a_breaking_minor_version_is_refused_before_mlflow(tmp_path: Path) -> None:
+    from yunnao.plugins import capability
+    from yunnao.plugins.errors import BreakingChange
+    from yunnao.registry import migrate
+
+    @capability(name="count", title="计数", version="1.0.0")
+    def count_v1(x: float) -> int:
+        return int(x)
+
+    @capability(name="count", title="计数", version="1.1.0")
+    def count_v11(x: int) -> int:  # callers sending 2.5 would be refused now
+        return x
+
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    migrate.upgrade(engine)
+    store = RegistryStore(engine, NODE_ID)
+    publisher = Publisher(store, ModelStore.embedded(tmp_path / "node"))
+    namespace = f"{NODE_ID}.misc"
+    publisher.publish(count_v1, namespace=namespace)
+    steps: list[str] = []
+    with pytest.raises(BreakingChange) as err:
+        publisher.publish(count_v11, namespace=namespace, step=steps.append)
+    assert steps == [STEPS[0]]  # refused at the check, before logging anything to MLflow
+    assert err.value.status == 409
+    assert [e.field for e in err.value.errors] == ["input.x"]
+    assert "2.0.0" in str(err.value)
+    assert store.version_numbers(namespace, "count") == ["1.0.0"]
+    versions = publisher.models.client.search_model_versions(f"name='{namespace}.count'")
+    assert [str(v.version) for v in versions] == ["1"]  # no orphan for 1.1.0

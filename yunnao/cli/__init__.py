@@ -31,7 +31,7 @@ from yunnao import __version__
 from .access import access
 from .assessment import assessment
 from .audit import audit, usage
-from .authoring import deprecate, edit, publish_jobs, retire, versions
+from .authoring import compare, deprecate, edit, publish_jobs, retire, versions
 from .cascade import cascade
 from .catalog import plugins, publish, search, show
 from .demo import demo
@@ -60,7 +60,7 @@ def main() -> None:
 for command in (
     serve, db, search, show, invoke, runtime, token, plugins, publish,
     cascade, key, audit, usage, demo,
-    versions, deprecate, retire, edit, publish_jobs, login, logout, profiles_list,
+    versions, compare, deprecate, retire, edit, publish_jobs, login, logout, profiles_list,
     node_group, namespace_group, access, assessment,
 ):  # fmt: skip
     main.add_command(command)

@@ -5,6 +5,7 @@ publish`` (:mod:`~yunnao.cli.catalog`, by upload through :mod:`~yunnao.cli.uploa
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -48,6 +49,52 @@ def versions(ref: str, remote: Remote, as_json: bool) -> None:
             v["version"], v["status"], v["runtime"]["type"], published, v.get("model_uri") or ""
         )
     console.print(table)
+
+
+@click.command()
+@click.argument("ref", metavar="NAMESPACE/NAME")
+@click.argument("old", metavar="FROM")
+@click.argument("new", metavar="TO")
+@remote_options
+def compare(ref: str, old: str, new: str, remote: Remote, as_json: bool) -> None:
+    """Compare two versions' schemas and examples; name what breaks callers of FROM.
+
+    A minor or patch version that breaks callers of the version before it in its major
+    is refused at publish; this shows why. Exits 1 when TO breaks callers of FROM.
+
+    \b
+    Example:
+        yunnao compare sd.qd.env/noise-check 1.0.0 1.1.0
+    """
+    path, _ = _ref(ref, version=False)
+    data = remote.request(
+        "GET", f"/v1/capabilities/{path}/compare", params={"from": old, "to": new}
+    )
+    if as_json:
+        print_json(data)
+    else:
+        if data["compatible"]:
+            console.print(f"[green]compatible[/green]: a caller of {old} works with {new}")
+        else:
+            allowed = "" if data["checked_on_publish"] else f" (allowed: {new} is a new major)"
+            console.print(f"[red]{len(data['breaks'])} breaking changes[/red]{allowed}:")
+            for b in data["breaks"]:
+                console.print(f"  {b['field']}: {b['message']}", highlight=False)
+        table = Table(title=f"{path}: {old} → {new}", title_justify="left")
+        for column in ("field", "change", old, new, "breaking"):
+            table.add_column(column)
+        for c in data["changes"]:
+            table.add_row(
+                c["field"], c["kind"], _shown(c["old"]), _shown(c["new"]),
+                "yes" if c["breaking"] else "",
+            )  # fmt: skip
+        console.print(table if data["changes"] else "no differences in schemas or examples")
+    if not data["compatible"]:
+        sys.exit(1)
+
+
+def _shown(value: object) -> str:
+    return "-" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def _transition(remote: Remote, ref: str, status: str, as_json: bool) -> None:
