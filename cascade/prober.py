@@ -98,6 +98,7 @@ class Prober:
         flush_every: float = 30.0,
         recovered: Callable[[str], None] | None = None,
         tally: Callable[[], bool] | None = None,
+        changed: Callable[[str, bool, str | None], None] | None = None,
     ) -> None:
         self.board = board
         self.peers = peers
@@ -111,6 +112,9 @@ class Prober:
         # Of several processes on one store, only the one this says yes to (the leader)
         # writes its counts; the others probe for their own breakers only.
         self.tally = tally
+        # A peer became unreachable (False) or answers again (True): told by the leader
+        # only (blocking; run on a thread), for the node's webhooks.
+        self.changed = changed
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._known: set[str] = set()
         self._client: httpx.AsyncClient | None = None
@@ -184,8 +188,18 @@ class Prober:
             log.info("node %s answers again", peer.id)
             if self.recovered is not None:
                 self.recovered(peer.id)
+            await self._tell(peer.id, True, None)
         elif not ok and before != NodeState.DOWN and self.board.get(peer.id).state == "down":
             log.warning("node %s is unreachable: %s", peer.id, detail)
+            await self._tell(peer.id, False, detail)
+
+    async def _tell(self, peer_id: str, reachable: bool, detail: str | None) -> None:
+        if self.changed is None or (self.tally is not None and not self.tally()):
+            return
+        try:
+            await anyio.to_thread.run_sync(self.changed, peer_id, reachable, detail)
+        except Exception:
+            log.exception("telling webhooks that %s changed", peer_id)
 
     async def flush(self) -> None:
         """Write the probe counts gathered since the last flush."""

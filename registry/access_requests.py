@@ -48,10 +48,17 @@ from .names import namespace_node
 from .representations import capability_etag
 from .store import RegistryStore
 from .tables import AccessRequest, CapabilityRow, utcnow
+from .webhooks import events as webhook_events
 
 STATUSES = ("pending", "approved", "refused", "withdrawn")
 RequestStatus = Literal["pending", "approved", "refused", "withdrawn"]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+
+
+_EVENT_FIELDS = (
+    "id", "namespace", "name", "requester", "requester_node", "requester_department",
+    "reason", "status", "decided_by", "decision_reason",
+)  # fmt: skip
 
 
 def _future(value: datetime) -> datetime:
@@ -221,6 +228,7 @@ class AccessRequests:
                 status="pending",
             )
             s.add(req)
+            self._notify(s, "access.requested", req)
         return out(req, row.title)
 
     def mine(self, identity: Identity, namespace: str, name: str) -> list[AccessRequestOut]:
@@ -320,6 +328,7 @@ class AccessRequests:
             row.status, row.expires_at = "approved", expires
             row.decided_by, row.decided_at = identity.subject, utcnow()
             s.add(row)
+            self._notify(s, "access.granted", row)
         return out(row)
 
     def refuse(self, identity: Identity, request_id: str, body: Refusal) -> AccessRequestOut:
@@ -331,7 +340,23 @@ class AccessRequests:
             row.status, row.decision_reason = "refused", body.reason
             row.decided_by, row.decided_at = identity.subject, utcnow()
             s.add(row)
+            self._notify(s, "access.refused", row)
         return out(row)
+
+    def _notify(self, s: Any, kind: str, req: AccessRequest) -> None:
+        """The webhook deliveries of a request's event, in its write's transaction."""
+        c = CapabilityRow.__table__.c  # type: ignore[attr-defined]
+        classification = (
+            s.connection()
+            .execute(
+                sa.select(c.classification).where(c.namespace == req.namespace, c.name == req.name)
+            )
+            .scalar()
+        )
+        data = {f: getattr(req, f) for f in _EVENT_FIELDS}
+        data["expires_at"] = req.expires_at.isoformat() if req.expires_at else None
+        event = webhook_events.Event(kind, data, req.namespace, classification == "restricted")
+        webhook_events.enqueue(s.connection(), self.store.node_id, [event])
 
     def _to_decide(self, identity: Identity, request_id: str) -> AccessRequest:
         if identity.subject is None or identity.peer is not None:

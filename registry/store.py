@@ -50,6 +50,7 @@ from .tables import (
     VersionRow,
     utcnow,
 )
+from .webhooks import events as webhook_events
 
 _META_FIELDS = tuple(schemas.CapabilityMeta.model_fields)
 _LOGGED = "yunnao_logged"  # Session.info: the changes a write transaction logged
@@ -131,6 +132,11 @@ class RegistryStore:
             self.generation += 1
             for hook in self._after_write:
                 hook()
+
+    def _notify(self, s: Session, event: webhook_events.Event | None) -> None:
+        """Webhook deliveries of ``event``, in the write's own transaction."""
+        if event is not None:
+            webhook_events.enqueue(s.connection(), self.node_id, [event])
 
     def transaction(self) -> contextlib.AbstractContextManager[Session]:
         """A write transaction of this store (serialized, all or nothing), for writes
@@ -347,6 +353,7 @@ class RegistryStore:
             row.updated_at = now
             s.add(row)
             self._log(s, "version", f"{namespace}/{name}@{version}", "upsert", vrow.content_hash)
+            self._notify(s, webhook_events.version_event(row, vrow, target))
             return version_out(row, vrow), version_etag(vrow)
 
     def set_runtime(
@@ -459,6 +466,7 @@ class RegistryStore:
         key = f"{namespace}/{name}"
         self._log(s, "capability", key, "upsert", row.content_hash)
         self._log(s, "version", f"{key}@{spec.version}", "upsert", vrow.content_hash)
+        self._notify(s, webhook_events.version_event(row, vrow, spec.status))
         return version_out(row, vrow)
 
     def _ensure_namespace(self, s: Session, namespace: str) -> None:

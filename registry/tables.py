@@ -1,5 +1,9 @@
 """SQLModel tables of the registry store (the same on SQLite and PostgreSQL).
 
+Why one module: the tables are the store's schema, which the migrations
+(``registry/migrations``) build one revision at a time; reading them in one place, next
+to each other, is how a migration is checked against what the code expects.
+
 The search index is not here: it is dialect-specific (an FTS5 virtual table on
 SQLite, a tsvector table with a GIN index on PostgreSQL), created by the migrations
 and kept by :mod:`yunnao.registry.search` in the same transaction as the rows.
@@ -448,3 +452,54 @@ class PublishJob(SQLModel, table=True):
     # runner stopped is failed and cleaned up by the next publisher that sees it).
     runner: str | None = Field(default=None, max_length=200)
     heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Webhook(SQLModel, table=True):
+    """A subscription to events of a namespace (its authors') or of the node (its
+    operators'), delivered to ``url`` signed with ``secret`` (Standard Webhooks)."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    scope: str = Field(index=True, max_length=370)  # a namespace of this node, or its id
+    url: str = Field(max_length=2000)
+    events: list[str] = Field(default_factory=list, sa_type=JSONType)
+    secret: str = Field(max_length=100)  # whsec_<base64>
+    description: str = Field(default="", max_length=200)
+    created_by: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts()
+    disabled: bool = False
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one subscription: the durable outbox (written in the transaction of
+    the change it reports) and the delivery's log. ``seq`` orders a subscription's."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        sa.Index("ix_webhook_delivery_webhook_state_seq", "webhook_id", "state", "seq"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(max_length=40, unique=True)  # webhook-id: msg_<hex>
+    webhook_id: str = Field(max_length=32)
+    event: str = Field(max_length=64)
+    payload: str  # the JSON body, exactly as signed and sent
+    created_at: datetime = _ts()
+    state: str = Field(max_length=16)  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_at: datetime = _ts()
+    last_error: str | None = Field(default=None, max_length=500)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One try of a delivery: the answer's status, or why there was none."""
+
+    __tablename__ = "webhook_attempt"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: str = Field(index=True, max_length=40)
+    at: datetime = _ts()
+    status: int | None = None
+    error: str | None = Field(default=None, max_length=500)
+    duration_ms: float

@@ -3,6 +3,10 @@
 :func:`create_app` builds the parts (store, node key, models, runtimes, gateway, jobs,
 credentials, cascade), connects them, mounts their routes in order and runs their
 background tasks for the app's lifetime; each part's logic lives in its own package.
+
+Why one module: this is the one place where the parts meet. Each line builds a part
+from the settings or hands one part to another; split up, the order in which they
+depend on each other (and which process runs which loop) would be spread over files.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from yunnao.registry.identity.middleware import AssertionUse, AuthMiddleware
 from yunnao.registry.identity.oidc import OidcConfig, OidcVerifier
 from yunnao.registry.identity.replay import OneTimeIds, SharedOneTimeIds
 from yunnao.registry.leadership import Leadership, leader_lock
+from yunnao.registry.outbound import OutboundGuard
 from yunnao.registry.packages import api as packages_api
 from yunnao.registry.packages.environments import Environments
 from yunnao.registry.packages.jobs import PublishJobs
@@ -60,6 +65,10 @@ from yunnao.registry.retention import Retention
 from yunnao.registry.store import RegistryStore
 from yunnao.registry.store_watch import ChangeWatch
 from yunnao.registry.titles import Titles
+from yunnao.registry.webhooks.api import ENDPOINTS as WEBHOOK_ENDPOINTS
+from yunnao.registry.webhooks.delivery import Deliverer
+from yunnao.registry.webhooks.events import peer_event
+from yunnao.registry.webhooks.subscriptions import Webhooks
 from yunnao.runtimes.adapters import builtin as builtin_runtimes
 from yunnao.runtimes.adapters.base import RuntimeContext
 from yunnao.runtimes.adapters.loading import load_runnable
@@ -70,7 +79,6 @@ from yunnao.runtimes.gateway import metrics_api, usage_api, v2
 from yunnao.runtimes.gateway.core import Gateway
 from yunnao.runtimes.gateway.jobs import Jobs
 from yunnao.runtimes.gateway.metrics import Metrics
-from yunnao.runtimes.gateway.outbound import OutboundGuard
 from yunnao.runtimes.gateway.ratelimit import limiter_for
 from yunnao.runtimes.gateway.ratelimit_sqlite import SqliteLimiter
 from yunnao.runtimes.gateway.usage import UsageLog
@@ -295,6 +303,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         caller_limit=settings.rate_limit,
         anonymous_limit=settings.rate_limit_anonymous,
     )
+    outbound = OutboundGuard(settings.callback_allow)  # job callbacks, webhooks
     jobs = Jobs(
         engine,
         gateway,
@@ -302,8 +311,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         workers=settings.job_workers,
         lease_grace=settings.job_lease_grace,
         max_attempts=settings.job_max_attempts,
-        outbound=OutboundGuard(settings.callback_allow),
+        outbound=outbound,
     )
+    # Webhooks: subscriptions, and the leader's sender of their outbox.
+    webhooks = Webhooks(engine, node_id, outbound)
+    deliverer = Deliverer(
+        engine, outbound, base=settings.webhook_retry_base, max_delay=settings.webhook_retry_max,
+        give_up_after=settings.webhook_give_up_after, user_agent=f"Yunnao-Webhooks/{__version__}",
+    )  # fmt: skip
 
     # Identity: every credential a caller may present, and the audit trail.
     sso = single_sign_on(settings)
@@ -342,6 +357,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         late_after=settings.health_late_after,
         recovered=replicator.wake,
         tally=lambda: leadership.held,  # only the leader writes the probe counts
+        changed=lambda peer, up, why: webhooks.emit([peer_event(peer, up, why)]),
     )
 
     # Which process of those sharing the store runs its store-wide loops (duties below).
@@ -363,6 +379,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         + audit_api.ENDPOINTS
         + HEALTH_ENDPOINTS
         + ASSESSMENT_ENDPOINTS
+        + WEBHOOK_ENDPOINTS
         + packages_api.ENDPOINTS
         + cascade_api.ENDPOINTS
     )
@@ -412,6 +429,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.cascade_keep_days is not None:
         duties["compaction"] = partial(compaction.run_hourly, feed, settings.cascade_keep_days)
     duties["usage rollup"] = usage_rollup.run
+    duties["webhooks"] = deliverer.run
     retention = Retention(engine, audit, settings.usage_keep_days, settings.audit_keep_days)
     if retention.active:
         duties["retention"] = retention.run_hourly
@@ -479,6 +497,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.api_keys = api_keys
+    app.state.webhooks = webhooks
     app.state.audit = audit
     app.state.uploads = uploads
     app.state.env_usage = env_usage

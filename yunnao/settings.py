@@ -12,8 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from yunnao.registry import names
 from yunnao.registry.http import is_loopback
+from yunnao.registry.outbound import parse_allow
 from yunnao.registry.schemas import RateLimit
-from yunnao.runtimes.gateway.outbound import parse_allow
 
 
 class Settings(BaseSettings):
@@ -86,6 +86,22 @@ class Settings(BaseSettings):
         ge=180,
         description="remove audit events older than this (hourly), keeping the hash chain "
         "verifiable; at least 180 (logs are kept six months). None: keep them all",
+    )
+    webhook_retry_base: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds before a failed webhook delivery's first retry "
+        "(doubling after each failure)",
+    )
+    webhook_retry_max: float = Field(
+        600.0, gt=0, le=86400, description="the longest wait between a delivery's retries"
+    )
+    webhook_give_up_after: float = Field(
+        259200.0,
+        gt=0,
+        description="seconds after which a delivery that keeps failing is "
+        "given up (failed; redeliver it by hand), and the subscription's next one goes",
     )
     health_probe_interval: float = Field(
         3.0, gt=0, le=300, description="seconds between live probes of each linked node"

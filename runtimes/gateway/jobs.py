@@ -46,7 +46,7 @@ from yunnao.registry.tables import Job, utcnow
 from .calls import Call
 from .core import Gateway
 from .metrics import Metrics
-from .outbound import OutboundGuard, Refused, Unresolved
+from yunnao.registry.outbound import OutboundGuard, Refused, Unresolved
 
 log = logging.getLogger("yunnao.jobs")
 

@@ -40,6 +40,7 @@ from .keys import key, token
 from .names import namespace_group, node_group
 from .node import db, serve
 from .profiles import login, logout, profiles_list
+from .webhooks import webhook
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -61,6 +62,6 @@ for command in (
     serve, db, search, show, invoke, runtime, token, plugins, publish,
     cascade, key, audit, usage, demo,
     versions, compare, deprecate, retire, edit, publish_jobs, login, logout, profiles_list,
-    node_group, namespace_group, access, assessment,
+    node_group, namespace_group, access, assessment, webhook,
 ):  # fmt: skip
     main.add_command(command)
