@@ -17,6 +17,7 @@ test fails otherwise).
     ├── Conflict                    409 conflict
     │   ├── IllegalTransition       409 illegal-transition
     │   ├── BreakingChange          409 breaking-change      (a minor version breaking callers)
+    │   ├── IdempotencyInProgress   409 idempotency-key-in-progress
     │   └── CheckpointMoved         409 checkpoint-moved     (a cascade batch out of order)
     ├── NotDeployable               409 not-deployable       (a version its runtime cannot run)
     ├── Gone                        410 gone
@@ -24,6 +25,7 @@ test fails otherwise).
     ├── PayloadTooLarge             413 payload-too-large
     ├── UnsupportedMediaType        415 unsupported-media-type
     ├── ValidationFailed            422 validation-failed
+    │   └── IdempotencyKeyReused    422 idempotency-key-reused
     ├── SpecError                   422 invalid-capability   (an author's @capability)
     ├── TooManyRequests             429 too-many-requests
     ├── OutputInvalid               500 invalid-output       (the SDK's output check)
@@ -140,6 +142,16 @@ class BreakingChange(Conflict):
     slug, title = "breaking-change", "Breaking change in a minor or patch version"
 
 
+class IdempotencyInProgress(Conflict):
+    """A request with the same Idempotency-Key is still running (``Retry-After``)."""
+
+    slug, title = "idempotency-key-in-progress", "A request with this key is in progress"
+
+    def __init__(self, detail: str, *, retry_after: int = 1, **kwargs: object) -> None:
+        super().__init__(detail, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
 class NotDeployable(YunnaoError):
     """The version cannot run on its runtime as bound (no model to load, unknown
     runtime type, a binding the runtime does not accept)."""
@@ -187,6 +199,12 @@ class ValidationFailed(YunnaoError):
     """Well-formed input that breaks a rule; ``errors`` names each field and rule."""
 
     status, slug, title = 422, "validation-failed", "Validation failed"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    """The same Idempotency-Key came with another request."""
+
+    slug, title = "idempotency-key-reused", "Idempotency key used with another request"
 
 
 class SpecError(YunnaoError):

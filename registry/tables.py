@@ -503,3 +503,19 @@ class WebhookAttempt(SQLModel, table=True):
     status: int | None = None
     error: str | None = Field(default=None, max_length=500)
     duration_ms: float
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A caller's ``Idempotency-Key``: the request it came with, and once that completed,
+    the answer a retry gets (see runtimes/gateway/idempotency.py)."""
+
+    __tablename__ = "idempotency_key"
+
+    id: str = Field(primary_key=True, max_length=64)  # sha256(who, key)
+    fingerprint: str = Field(max_length=64)  # sha256 of the request
+    state: str = Field(max_length=16)  # running | done
+    status: int | None = None
+    headers: str | None = None  # JSON: the answer's headers that are replayed
+    body: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+    created_at: datetime = _ts()
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)

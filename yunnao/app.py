@@ -77,6 +77,7 @@ from yunnao.runtimes.adapters.sandbox.status import EnvironmentUsage, sandbox_st
 from yunnao.runtimes.gateway import api as gateway_api
 from yunnao.runtimes.gateway import metrics_api, usage_api, v2
 from yunnao.runtimes.gateway.core import Gateway
+from yunnao.runtimes.gateway.idempotency import Idempotency
 from yunnao.runtimes.gateway.jobs import Jobs
 from yunnao.runtimes.gateway.metrics import Metrics
 from yunnao.runtimes.gateway.ratelimit import limiter_for
@@ -478,6 +479,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.invoker = gateway_api.Invoker(
         gateway=gateway,
         jobs=jobs,
+        idempotency=Idempotency(engine, window=settings.idempotency_window),
         default_timeout=settings.invoke_timeout,
         max_timeout=settings.max_invoke_timeout,
         max_body_bytes=settings.max_body_bytes,

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         description="remove audit events older than this (hourly), keeping the hash chain "
         "verifiable; at least 180 (logs are kept six months). None: keep them all",
     )
+    idempotency_window: float = Field(
+        86400.0,
+        gt=0,
+        le=7 * 86400,
+        description="seconds an Idempotency-Key is remembered "
+        "with its request and first answer (24 h)",
+    )
     webhook_retry_base: float = Field(
         5.0,
         gt=0,

@@ -9,17 +9,25 @@ import anyio.to_thread
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Message
 
 from yunnao.plugins.errors import FieldError, ValidationFailed
 from yunnao.registry import schemas
 from yunnao.registry.access import Action, require
 from yunnao.registry.api import Endpoint
 from yunnao.registry.bindings import require_binding
-from yunnao.registry.http import json_response, read_json, read_model, validate_model
+from yunnao.registry.http import (
+    json_response,
+    read_body,
+    read_json,
+    read_model,
+    validate_model,
+)
 from yunnao.registry.identity.forwarded import forwarded
 from yunnao.registry.identity.middleware import identity_of
 
 from .core import Gateway
+from .idempotency import Idempotency
 from .jobs import Jobs
 
 
@@ -29,6 +37,7 @@ class Invoker:
 
     gateway: Gateway
     jobs: Jobs
+    idempotency: Idempotency
     default_timeout: float = 30.0
     max_timeout: float = 300.0
     max_body_bytes: int = 1 << 20
@@ -95,6 +104,24 @@ def _wants_async(request: Request) -> bool:
 
 
 async def invoke(request: Request) -> Response:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return await _invoke(request)
+    # Once per key: the body is read here (for the request's fingerprint) and replayed.
+    invoker = _invoker(request)
+    raw = await read_body(request, invoker.max_body_bytes)
+
+    async def replay() -> Message:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return await invoker.idempotency.handle(
+        request, key, identity_of(request), raw,
+        lambda: _invoke(Request(request.scope, replay)),
+        wait=invoker.max_timeout + 5,
+    )  # fmt: skip
+
+
+async def _invoke(request: Request) -> Response:
     invoker = _invoker(request)
     gateway = invoker.gateway
     identity = identity_of(request)

@@ -40,13 +40,13 @@ import sqlalchemy as sa
 from yunnao.plugins.errors import FieldError, NotFound, RuntimeDown, ValidationFailed, YunnaoError
 from yunnao.registry.access import Action, Entry, Identity, decide
 from yunnao.registry.db import row_write
+from yunnao.registry.outbound import OutboundGuard, Refused, Unresolved
 from yunnao.registry.problems import problem_of
 from yunnao.registry.tables import Job, utcnow
 
 from .calls import Call
 from .core import Gateway
 from .metrics import Metrics
-from yunnao.registry.outbound import OutboundGuard, Refused, Unresolved
 
 log = logging.getLogger("yunnao.jobs")
 
