@@ -48,13 +48,43 @@ _LOWER = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties
 _UPPER = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
 
 
+# What a break is, as a code (for pages in other languages) and its English message.
+MESSAGES = {
+    "example-removed": "example {title!r} was removed",
+    "no-value": "changed from any value to no value",
+    "any-value": "may now be any value",
+    "composition": "its anyOf/oneOf/allOf/$ref part changed and cannot be compared",
+    "type-changed": "type changed from {old} to {new}",
+    "values-limited": "values limited to {values!r}",
+    "was-limited": "was limited to {values!r}, now is not",
+    "values-refused": "values {values!r} no longer accepted",
+    "may-return": "may now return {values!r}",
+    "rule-changed": "{rule} {old} → {new}",
+    "newly-required": "newly required",
+    "extra-refused": "fields it does not declare are now refused",
+    "no-longer-accepted": "no longer accepted",
+    "removed": "removed",
+    "not-always-returned": "no longer always returned",
+}
+
+
 @dataclass(frozen=True)
 class Break:
     field: str  # where: "input.speed", "output.items[].id", "examples[0]"
-    message: str
+    code: str  # a key of MESSAGES
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def message(self) -> str:
+        return MESSAGES[self.code].format(**dict(self.params))
 
     def as_dict(self) -> dict[str, str]:
         return {"field": self.field, "message": self.message}
+
+
+def _b(field: str, code: str, **params: Any) -> Break:
+    shown = {k: v if isinstance(v, str) else repr(v) for k, v in params.items()}
+    return Break(field, code, tuple(shown.items()))
 
 
 @dataclass(frozen=True)
@@ -101,7 +131,7 @@ def breaks(old: dict[str, Any], new: dict[str, Any]) -> list[Break]:
     for i, example in enumerate(old.get("examples") or []):
         if _canonical(example.get("input")) not in kept:
             title = example.get("title") or f"#{i + 1}"
-            out.append(Break(f"examples[{i}]", f"example {title!r} was removed"))
+            out.append(_b(f"examples[{i}]", "example-removed", title=title))
     return out
 
 
@@ -170,6 +200,8 @@ class CompareParams(BaseModel):
 class BreakOut(BaseModel):
     field: str = Field(description="where: input.speed, output.items[].id, examples[0]")
     message: str
+    code: str = Field(description="what kind of break: " + ", ".join(MESSAGES))
+    params: dict[str, str] = Field(description="what the message names, by name")
 
 
 class ChangeOut(BaseModel):
@@ -202,7 +234,7 @@ def compare(old: schemas.Version, new: schemas.Version) -> Comparison:
     line = baseline(new.version, [(old.version, "published")]) == old.version
     return Comparison(
         from_=old.version, to=new.version, checked_on_publish=line, compatible=not found,
-        breaks=[BreakOut(**x.as_dict()) for x in found],
+        breaks=[BreakOut(**x.as_dict(), code=x.code, params=dict(x.params)) for x in found],
         changes=[ChangeOut(**vars(c)) for c in changes(a, b)],
     )  # fmt: skip
 
@@ -268,33 +300,53 @@ def _contains(wide: Any, narrow: Any, where: str, out: list[Break], *, input_sid
         return
     old, new = (narrow, wide) if input_side else (wide, narrow)
     if wide is False or narrow is True:
-        out.append(Break(where, "changed from any value to no value" if input_side
-                         else "may now be any value"))  # fmt: skip
+        out.append(_b(where, "no-value" if input_side else "any-value"))  # fmt: skip
         return
     if _composed_differs(wide, narrow):
-        out.append(Break(where, "its anyOf/oneOf/allOf/$ref part changed and cannot be compared"))
+        out.append(_b(where, "composition"))
         return
     if _types(narrow) - _types(wide):
-        out.append(Break(where, f"type changed from {_show(_types(old))} to {_show(_types(new))}"))
+        out.append(_b(where, "type-changed", old=_show(_types(old)), new=_show(_types(new))))
         return
     wide_enum, narrow_enum = _enum(wide), _enum(narrow)
     if wide_enum is not None:
         allowed = {_canonical(v) for v in wide_enum}
         if narrow_enum is None:
-            out.append(Break(where, f"values limited to {wide_enum!r}" if input_side
-                             else f"was limited to {wide_enum!r}, now is not"))  # fmt: skip
+            code = "values-limited" if input_side else "was-limited"
+            out.append(_b(where, code, values=wide_enum))
         else:
             extra = [v for v in narrow_enum if _canonical(v) not in allowed]
             if extra:
-                out.append(Break(where, f"values {extra!r} no longer accepted" if input_side
-                                 else f"may now return {extra!r}"))  # fmt: skip
+                code = "values-refused" if input_side else "may-return"
+                out.append(_b(where, code, values=extra))
     for keys, looser in ((_LOWER, lambda n, w: n < w), (_UPPER, lambda n, w: n > w)):
         for key in keys:
             if key in wide and (key not in narrow or looser(narrow[key], wide[key])):
-                out.append(Break(where, f"{key} {old.get(key, 'unset')} → {new.get(key, 'unset')}"))
+                out.append(
+                    _b(
+                        where,
+                        "rule-changed",
+                        rule=key,
+                        old=old.get(key, "unset"),
+                        new=new.get(key, "unset"),
+                    )
+                )
     for key in ("pattern", "format", "multipleOf"):
         if key in wide and wide[key] != narrow.get(key):
-            out.append(Break(where, f"{key} {old.get(key, 'unset')!r} → {new.get(key, 'unset')!r}"))
+            out.append(
+                _b(
+                    where,
+                    "rule-changed",
+                    rule=key,
+                    old=old.get(key, "unset"),
+                    new=new.get(key, "unset"),
+                )
+            )
+
+
+def _rule(where: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> Break:
+    return _b(where, "rule-changed", rule=key, old=old.get(key, "unset"),
+              new=new.get(key, "unset"))  # fmt: skip
 
 
 def _accepts_all(new: Any, old: Any, where: str, out: list[Break]) -> None:
@@ -305,12 +357,12 @@ def _accepts_all(new: Any, old: Any, where: str, out: list[Break]) -> None:
         return
     old_props, new_props = old.get("properties") or {}, new.get("properties") or {}
     for name in sorted(set(new.get("required") or []) - set(old.get("required") or [])):
-        out.append(Break(f"{where}.{name}", "newly required"))
+        out.append(_b(f"{where}.{name}", "newly-required"))
     if new.get("additionalProperties", True) is False:
         if old.get("additionalProperties", True) is not False:
-            out.append(Break(where, "fields it does not declare are now refused"))
+            out.append(_b(where, "extra-refused"))
         for name in sorted(set(old_props) - set(new_props)):
-            out.append(Break(f"{where}.{name}", "no longer accepted"))
+            out.append(_b(f"{where}.{name}", "no-longer-accepted"))
     for name in sorted(set(old_props) & set(new_props)):
         _accepts_all(new_props[name], old_props[name], f"{where}.{name}", out)
     if "items" in new or "items" in old:
@@ -326,10 +378,10 @@ def _keeps_promises(old: Any, new: Any, where: str, out: list[Break]) -> None:
         return
     old_props, new_props = old.get("properties") or {}, new.get("properties") or {}
     for name in sorted(set(old_props) - set(new_props)):
-        out.append(Break(f"{where}.{name}", "removed"))
+        out.append(_b(f"{where}.{name}", "removed"))
     for name in sorted(set(old.get("required") or []) - set(new.get("required") or [])):
         if name in new_props:
-            out.append(Break(f"{where}.{name}", "no longer always returned"))
+            out.append(_b(f"{where}.{name}", "not-always-returned"))
     for name in sorted(set(old_props) & set(new_props)):
         _keeps_promises(old_props[name], new_props[name], f"{where}.{name}", out)
     if "items" in new or "items" in old:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tests.conftest import NODE_ID, Node
 from yunnao.catalog_ui import i18n
+from yunnao.registry import compat
 
 NS = f"{NODE_ID}.traffic"
 OLD_OUT = {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}
@@ -31,8 +32,8 @@ def test_the_compare_page_names_breaking_and_other_changes(sqlite_node: Node) ->
     assert diff.status_code == 200, diff.text
     text = diff.text
     assert "不兼容" in text and "2 处破坏性变更" in text and "是新的主版本" in text
-    assert "<code>output.count</code>: type changed from integer to number" in text
-    assert "<code>output.count</code>: no longer always returned" in text
+    assert "<code>output.count</code>：类型由 integer 改为 number" in text
+    assert "<code>output.count</code>：不再保证返回" in text
     assert "output.lanes type" in text  # a compatible change is listed too
     assert "<option selected>1.0.0</option>" in text and "<option selected>2.0.0</option>" in text
 
@@ -45,3 +46,10 @@ def test_the_compare_page_names_breaking_and_other_changes(sqlite_node: Node) ->
     node.client.cookies.set(i18n.COOKIE, "en")
     english = node.client.get(f"/c/{NS}/flow/compare")
     assert "Not compatible: 2 breaking changes" in english.text
+    assert "<code>output.count</code>: type changed from integer to number" in english.text
+
+
+def test_every_kind_of_break_is_said_in_both_languages() -> None:
+    for lang in ("zh-CN", "en"):
+        said = i18n.catalog(lang)
+        assert not [c for c in compat.MESSAGES if f"break:{c}" not in said], lang

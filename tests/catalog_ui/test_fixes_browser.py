@@ -167,3 +167,41 @@ def test_validation_problems_speak_the_page_language(city: YunnaoProcess, page: 
     expect(result).to_have_attribute("data-status", "422")
     expect(result.locator(".field-errors li")).to_contain_text("input.edge_threshold")
     expect(result.locator(".field-errors li")).to_contain_text("不大于")
+
+
+def test_the_compare_page_names_the_breaks_and_fits(city: YunnaoProcess, browser, shot) -> None:
+    """Issue 20: two versions side by side. A draft 2.0.0 of flow-forecast (a draft, so
+    the capability's current version and the other tests stay as they are) drops an
+    output field of 1.0.0."""
+    import subprocess
+
+    import httpx
+
+    from tests.realservers.yunnao_node import YUNNAO
+
+    made = subprocess.run([YUNNAO, "token", "create", "--node-id", CITY, "--role", "author",
+                           "--namespace", f"{CITY}.traffic"], cwd=city.cwd, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    auth = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    api = f"{city.url}/v1/capabilities/{CITY}.traffic/flow-forecast"
+    v1 = httpx.get(f"{api}/versions/1.0.0", headers=auth).json()
+    out = dict(v1["output_schema"])
+    dropped = sorted(out.get("properties") or {})[0]
+    out["properties"] = {k: v for k, v in out["properties"].items() if k != dropped}
+    out["required"] = [r for r in out.get("required", []) if r != dropped]
+    body = {"version": "2.0.0", "title": v1.get("title") or "交通流量预测", "status": "draft",
+            "input_schema": v1["input_schema"], "output_schema": out}  # fmt: skip
+    resp = httpx.post(f"{api}/versions", json=body, headers=auth)
+    assert resp.status_code == 201, resp.text
+    for size, (width, height) in SIZES.items():
+        context = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN")
+        page = context.new_page()
+        try:
+            sign_in(page, city.url, "author")
+            page.goto(f"{city.url}{FORECAST}/compare?from=1.0.0&to=2.0.0")
+            expect(page.locator("#verdict")).to_contain_text("不兼容")
+            expect(page.locator("ul.breaks")).to_contain_text(f"output.{dropped}")
+            assert_fits(page, f"the compare page ({size})")
+            shot(page, f"compare-{size}")
+        finally:
+            context.close()
