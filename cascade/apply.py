@@ -31,12 +31,13 @@ from yunnao.plugins.errors import CheckpointMoved
 from yunnao.registry import replica
 from yunnao.registry.hashing import content_hash
 from yunnao.registry.tables import Peer, Rejection, utcnow
+from yunnao.registry.webhooks import events as webhook_events
 
 from . import items as shapes
 from . import usage_items
 from .feed import append_signed, signed_part
 from .policy import refusal
-from .signing import verify
+from .signing import item_checks, verify
 
 log = logging.getLogger("yunnao.cascade")
 
@@ -113,9 +114,7 @@ class Applier:
 
     def _signed(self, item: dict[str, Any], hex_key: str) -> bool:
         """Whether ``item`` is signed with ``hex_key`` and its entry has its hash."""
-        return verify(self._key(hex_key), signed_part(item), item["signature"]) and (
-            content_hash(item["entry"]) == item["content_hash"]
-        )
+        return item_checks(item, self._key(hex_key))
 
     def apply(
         self,
@@ -335,13 +334,15 @@ class Applier:
             outcome.rejected.append((f"node {origin} may name itself but not re-key itself", item))
             return None
         ahead = checked is not None and checked.verified.get(id(raw)) == hex_key
-        if not ahead:
-            if not verify(self._key(hex_key), signed_part(item), item["signature"]):
-                outcome.rejected.append((f"signature is not {origin}'s", item))
-                return None
-            if content_hash(item["entry"]) != item["content_hash"]:
+        if not ahead and not self._signed(item, hex_key):
+            # Rejected; the reason, the long way.
+            if verify(self._key(hex_key), signed_part(item), item["signature"]) and (
+                content_hash(item["entry"]) != item["content_hash"]
+            ):
                 outcome.rejected.append(("content hash does not match the entry", item))
-                return None
+            else:
+                outcome.rejected.append((f"signature is not {origin}'s", item))
+            return None
         last = done.get((entity, key))
         if last is not None and last[0] == origin and last[1] >= item["origin_seq"]:
             outcome.skipped += 1  # applied before (a replayed or repeated item)
@@ -420,9 +421,22 @@ class Applier:
             outcome.skipped += len(missing)
             logged = [item for item in logged if id(item) not in missing]
         replica.log(s, logged)
+        arrived = [_arrival(peer.id, i) for i in logged if i["entity"] in ("capability", "version")]
+        webhook_events.enqueue(s.connection(), self.node_id, arrived)  # in this transaction
         # A node/day's usage item supersedes the last one whole: keep only the newest.
         usage_items.drop_superseded(s, [i["key"] for i in logged if i["entity"] == "usage"])
         outcome.applied += len(logged)
+
+
+def _arrival(peer: str, item: dict[str, Any]) -> webhook_events.Event:
+    """The webhook event of a capability or version applied from ``peer``."""
+    entry = item["entry"]
+    data = {
+        "peer": peer, "origin": item["origin"], "entity": item["entity"], "op": item["op"],
+        "key": item["key"], "namespace": entry.get("namespace"), "name": entry.get("name"),
+        "version": entry.get("version"),
+    }  # fmt: skip
+    return webhook_events.Event("cascade.entry_arrived", data, entry.get("namespace"))
 
 
 def _at_checkpoint(s: Session, peer: Peer, since: int) -> None:

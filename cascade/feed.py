@@ -172,9 +172,7 @@ class Feed:
             through = compacted_through(s)
             if 0 < since < through:
                 raise Compacted(since, through)
-            rows = s.exec(
-                select(Change).where(col(Change.seq) > since).order_by(col(Change.seq)).limit(limit)
-            ).all()
+            rows = lookups.changes(s, lookups.change_table.c.seq > since, limit)
             head = s.exec(select(sa.func.max(Change.seq))).one() or 0
             items: list[dict[str, Any]] = []
             withdrawals: set[int] = set()

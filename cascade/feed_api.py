@@ -20,6 +20,7 @@ from yunnao.registry.identity.middleware import identity_of
 from .feed import FEED_DEPTH, Compacted, Feed
 from .policy import Reader
 from .state import cascade_of, check_operator, linked_node
+from .wire import page_body
 
 # ---------------------------------------------------------------- the feed
 
@@ -81,8 +82,8 @@ async def changes(request: Request) -> Response:
         stopping = getattr(request.app.state, "stopping", None)
         await feed.watcher.wait_past(since, query.wait, stopping)
         page = await _page(feed, since, query.limit, reader)
-    body = ChangesPage(node=feed.node_id, items=page.items, next=page.next, head=page.head)
-    return json_response(body)
+    # The ChangesPage shape, written directly: a page is mostly items passed on as signed.
+    return Response(page_body(feed.node_id, page), media_type="application/json")
 
 
 # ---------------------------------------------------------------- push

@@ -31,13 +31,13 @@ import anyio.to_thread
 import httpx
 
 from yunnao.plugins.errors import CheckpointMoved, NotFound
-from yunnao.registry.http import parse_json
 from yunnao.registry.tables import Peer
 
 from .apply import Applier, Checked
-from .feed import FEED_DEPTH, Compacted, Feed
+from .feed import Compacted, Feed
 from .peers import PeerStore
 from .policy import Reader
+from .wire import push_body, read_page
 
 log = logging.getLogger("yunnao.cascade")
 
@@ -183,7 +183,7 @@ class Replicator:
         if resp.status_code != 200:
             raise SyncError(f"{peer.id} answered {_problem(resp)}")
         # A peer's page is read as a caller's body is: bounded nesting, readable numbers.
-        return parse_json(resp.content, what=f"{peer.id}'s feed page", max_depth=FEED_DEPTH)
+        return read_page(resp.content, what=f"{peer.id}'s feed page")
 
     async def _fetch_checked(self, peer: Peer, since: int) -> tuple[dict[str, Any], Checked]:
         """A page of ``peer``'s feed with its items' signatures checked ahead."""
@@ -297,12 +297,21 @@ class Replicator:
                 if live:
                     await self._local_change(peer.id, since)
                 return
-            body = {"since": since, "next": page.next, "head": page.head, "items": page.items}
-            await self._ingest(peer, body, cursor)
+            body = {"since": since, "next": page.next, "head": page.head}
+            await self._ingest(peer, body, cursor, page.items)
 
-    async def _ingest(self, peer: Peer, body: dict[str, Any], cursor: dict[str, Any]) -> None:
+    async def _ingest(
+        self,
+        peer: Peer,
+        body: dict[str, Any],
+        cursor: dict[str, Any],
+        items: list[dict[str, Any]] | None = None,
+    ) -> None:
+        rest = {k: v for k, v in body.items() if k != "items"}
         resp = await self.client.post(
-            f"{peer.url}/v1/cascade/ingest", json=body, headers=self._headers(peer)
+            f"{peer.url}/v1/cascade/ingest",
+            content=push_body(rest, body.get("items", items or [])),
+            headers={**self._headers(peer), "Content-Type": "application/json"},
         )
         answer = resp.json() if resp.headers.get("content-type", "").endswith("json") else {}
         if resp.status_code == 409 and "checkpoint" in answer:

@@ -51,5 +51,23 @@ def canonical_json(value: Any) -> bytes:
     return _json(value)
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as JSON text (UTF-8) that ``json.loads`` reads back as the same value
+    (not canonical: for passing on or storing values parsed from JSON), by orjson where
+    it writes what ``json`` reads the same (see the module doc), else by ``json`` (which
+    writes ``NaN`` as ``NaN`` and escapes lone surrogates)."""
+    try:
+        if _plain(value):
+            return orjson.dumps(value)
+    except (TypeError, RecursionError, orjson.JSONEncodeError):
+        pass
+    return json.dumps(value).encode()
+
+
+def json_text(value: Any) -> str:
+    """:func:`json_bytes` as a string."""
+    return json_bytes(value).decode()
+
+
 def content_hash(value: Any) -> str:
     return hashlib.sha256(canonical_json(value)).hexdigest()

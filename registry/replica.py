@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from . import lifecycle, names, schemas, search
-from .hashing import content_hash
+from .hashing import content_hash, json_text
 from .tables import (
     CapabilityRow,
     CapabilityTag,
@@ -93,22 +93,28 @@ def log(s: Session, items: list[dict[str, Any]]) -> None:
     if not items:
         return
     now = utcnow()
-    s.execute(
-        _change.insert(),
-        [
-            {
-                "entity": item["entity"],
-                "key": item["key"],
-                "op": item["op"],
-                "content_hash": item["content_hash"],
-                "origin_node": item["origin"],
-                "origin_seq": item["origin_seq"],
-                "item": item,
-                "created_at": now,
-            }
-            for item in items
-        ],
-    )
+    rows = [
+        {
+            "entity": item["entity"],
+            "key": item["key"],
+            "op": item["op"],
+            "content_hash": item["content_hash"],
+            "origin_node": item["origin"],
+            "origin_seq": item["origin_seq"],
+            "item": item,
+            "created_at": now,
+        }
+        for item in items
+    ]
+    if s.get_bind().dialect.name != "sqlite":
+        s.execute(_change.insert(), rows)
+        return
+    # SQLite keeps JSON as text: the items go in as text written by orjson where it
+    # writes what json reads back the same (json_text), not through json.dumps each.
+    for row in rows:
+        row["item_text"] = json_text(row.pop("item"))
+    stmt = _change.insert().values(item=sa.type_coerce(sa.bindparam("item_text"), sa.Text))
+    s.execute(stmt, rows)
 
 
 def put_node(s: Session, entry: dict[str, Any], *, self_named: bool = False) -> None:
@@ -316,8 +322,10 @@ def _refresh_current(s: Session, touched: dict[int, datetime]) -> None:
     """Point each touched capability at its current version (as the origin does)."""
     by_cap: dict[int, list[Any]] = {}
     for chunk in _chunks(sorted(touched)):
+        # Only the runtime's type, read in SQL: not each version's whole binding parsed.
+        kind = _ver.c.runtime["type"].as_string().label("runtime")
         rows = s.execute(
-            sa.select(_ver.c.capability_id, _ver.c.version, _ver.c.status, _ver.c.runtime).where(
+            sa.select(_ver.c.capability_id, _ver.c.version, _ver.c.status, kind).where(
                 _ver.c.capability_id.in_(chunk)
             )
         )
@@ -335,7 +343,7 @@ def _refresh_current(s: Session, touched: dict[int, datetime]) -> None:
                         "b_id": cid,
                         "v_latest_version": current.version,
                         "v_status": current.status,
-                        "v_runtime": (current.runtime or {}).get("type"),
+                        "v_runtime": current.runtime,
                         "v_updated_at": touched[cid],
                     }
                 )

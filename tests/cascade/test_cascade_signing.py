@@ -17,7 +17,7 @@ from yunnao.cascade.apply import Applier
 from yunnao.cascade.feed import Feed, signed_part
 from yunnao.cascade.peers import PeerStore
 from yunnao.cascade.policy import Reader
-from yunnao.cascade.signing import verify
+from yunnao.cascade.signing import sign, verify
 from yunnao.registry import db, migrate, schemas
 from yunnao.registry.identity import tokens
 from yunnao.registry.store import RegistryStore
@@ -197,3 +197,45 @@ def test_an_idle_node_does_not_read_the_head(node: Node) -> None:
     # ... and another long poll's worth of time goes by without a read.
     threading.Event().wait(0.5)
     assert feed.watcher.reads == reads
+
+
+def test_signed_bytes_are_the_canonical_json_of_the_signed_part() -> None:
+    # The city writes an item's entry once for its hash and its signature: the bytes
+    # must be exactly those of the canonical JSON of the item without its signature.
+    import hashlib
+    import random
+
+    from tests.registry.test_hashing import _value
+    from yunnao.cascade.signing import item_checks, signed_bytes
+    from yunnao.registry.hashing import canonical_json, content_hash
+
+    rng = random.Random(3)
+    key = Ed25519PrivateKey.generate()
+    other = Ed25519PrivateKey.generate().public_key()
+    for n in range(1500):
+        entry = _value(rng)
+        entry = entry if isinstance(entry, dict) else {"v": entry}
+        item: dict[str, Any] = {
+            "origin": rng.choice(["sd.qd", "sd.qd.shinan", "中"]),
+            "origin_seq": rng.choice([1, n + 1, 2**63 - 1, 2**70]),
+            "entity": "capability",
+            "key": rng.choice(["a/b", "x\u2028y", 'q"\\']),
+            "op": "upsert",
+            "content_hash": content_hash(entry),
+            "entry": entry,
+            "at": "2026-11-30T05:00:00+00:00",
+        }
+        if n % 7 == 0:
+            item["extra"] = _value(rng)  # not a feed item's members: the general way
+        item["signature"] = sign(key, item)
+        data, entry_json = signed_bytes(item)
+        assert data == canonical_json(signed_part(item))
+        assert entry_json == canonical_json(entry)
+        assert hashlib.sha256(entry_json).hexdigest() == item["content_hash"]
+        assert item_checks(item, key.public_key())
+        assert not item_checks(item, other)
+        assert not item_checks({**item, "content_hash": "0" * 64}, key.public_key())
+    lone = {**item, "key": "\udc80"}
+    assert not item_checks(lone, key.public_key())
+    for bad in ("", "AAAA", "!!!", item["signature"][:-2], item["signature"] + "AA"):
+        assert not item_checks({**item, "signature": bad}, key.public_key())
