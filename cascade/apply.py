@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -126,11 +127,14 @@ class Applier:
         head: int,
         advance: bool = True,
         checked: Checked | None = None,
+        again: bool = False,
     ) -> Outcome:
         """Apply one page of ``peer``'s feed (positions ``since`` → ``next_seq``) and
         move its checkpoint to ``next_seq``, unless ``advance`` is False (a resync moves
         it only at its end). Raises :class:`CheckpointMoved` when the checkpoint is not
-        at ``since``. ``checked``: what :meth:`check_ahead` found of these ``items``."""
+        at ``since``. ``checked``: what :meth:`check_ahead` found of these ``items``.
+        ``again``: write items this node applied before once more (a repair after its
+        copy was changed behind its back); never an older state than it holds."""
         outcome = Outcome(checkpoint=next_seq if advance else since)
         if checked is not None and checked.items is not items:
             checked = None
@@ -150,12 +154,9 @@ class Applier:
             held = replica.holders(
                 s, [_cap_pair(key) for entity, key in keyed if entity in ("capability", "version")]
             )
-            accepted = [
-                item
-                for raw in items
-                if (item := self._check(peer, raw, keys, linked, done, held, outcome, checked))
-                is not None
-            ]
+            check = partial(self._check, peer, keys=keys, linked=linked, done=done,
+                            held=held, outcome=outcome, checked=checked, again=again)  # fmt: skip
+            accepted = [item for raw in items if (item := check(raw)) is not None]
             self._store(s, peer, accepted, outcome)
             self.checkpoint(
                 s,
@@ -299,6 +300,7 @@ class Applier:
         held: dict[tuple[str, str], tuple[str | None, bool]],
         outcome: Outcome,
         checked: Checked | None = None,
+        again: bool = False,
     ) -> dict[str, Any] | None:
         """``raw`` when it may be applied; otherwise None, with the rejection or skip
         recorded on ``outcome``."""
@@ -344,8 +346,10 @@ class Applier:
                 outcome.rejected.append((f"signature is not {origin}'s", item))
             return None
         last = done.get((entity, key))
-        if last is not None and last[0] == origin and last[1] >= item["origin_seq"]:
-            outcome.skipped += 1  # applied before (a replayed or repeated item)
+        seen = last is not None and last[0] == origin
+        if seen and (last[1], not again) > (item["origin_seq"], False):  # type: ignore[index]
+            # Applied before (a replayed or repeated item); ``again``: only if newer here.
+            outcome.skipped += 1
             return None
         done[(entity, key)] = (origin, item["origin_seq"])
         if entity == "node":  # its key verifies the items after it

@@ -21,7 +21,8 @@ from yunnao.registry.http import json_response, parse_query, read_model
 
 from .compaction import compact
 from .peers import PeerStatus
-from .state import cascade_of, check_operator
+from .reconcile import DiffOut, Reconciler
+from .state import Cascade, cascade_of, check_operator
 
 # ---------------------------------------------------------------- peers
 
@@ -159,6 +160,25 @@ async def sync_peer(request: Request) -> Response:
     return json_response(_peer_out(PeerStatus.of(peer)))
 
 
+def _reconciler(cascade: Cascade) -> Reconciler:
+    return Reconciler(cascade.feed.engine, cascade.node_id, cascade.peers, cascade.applier,
+                      cascade.replicator)  # fmt: skip
+
+
+async def diff_peer(request: Request) -> Response:
+    check_operator(request)
+    cascade = cascade_of(request)
+    found = await _reconciler(cascade).diff(request.path_params["peer"])
+    return json_response(found)
+
+
+async def repair_peer(request: Request) -> Response:
+    check_operator(request, admin=True)
+    cascade = cascade_of(request)
+    found = await _reconciler(cascade).diff(request.path_params["peer"], repair=True)
+    return json_response(found)
+
+
 class RejectionsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -262,6 +282,31 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         tag="cascade",
         query=SyncQuery,
         response=PeerOut,
+        errors=(401, 403, 404, 503),
+        auth="required",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/cascade/peers/{peer}/diff",
+        diff_peer,
+        "cascadeDiff",
+        "Compare this node's copy of a linked node's entries with its feed now",
+        tag="cascade",
+        response=DiffOut,
+        errors=(401, 403, 404, 503),
+        auth="required",
+        description="Reads the peer's whole feed (as replication does) and names the "
+        "capabilities and versions missing here, extra here, and different (by content "
+        "hash). Replication goes on meanwhile.",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/cascade/peers/{peer}/repair",
+        repair_peer,
+        "cascadeRepair",
+        "Fetch again what the diff names, every entry checked as replication checks it",
+        tag="cascade",
+        response=DiffOut,
         errors=(401, 403, 404, 503),
         auth="required",
     ),

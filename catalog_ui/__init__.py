@@ -8,9 +8,24 @@ catalogs (:mod:`.i18n`), zh-CN by default with an English switch.
 
 from starlette.routing import BaseRoute
 
-from . import access_pages, assessment_pages, authoring, compare, naming, overview, pages
+from . import (
+    access_pages,
+    assessment_pages,
+    authoring,
+    compare,
+    naming,
+    overview,
+    pages,
+    reconcile_pages,
+)
 
-ACTIONS = {**pages.ACTIONS, **authoring.ACTIONS, **naming.ACTIONS, **access_pages.ACTIONS}
+ACTIONS = {
+    **pages.ACTIONS,
+    **authoring.ACTIONS,
+    **naming.ACTIONS,
+    **access_pages.ACTIONS,
+    reconcile_pages.repair: "uiCascadeRepair",
+}
 
 
 def routes() -> list[BaseRoute]:
@@ -23,6 +38,7 @@ def routes() -> list[BaseRoute]:
         *overview.routes(),
         *assessment_pages.routes(),
         *compare.routes(),
+        *reconcile_pages.routes(),
         *pages.routes(),
     ]
 

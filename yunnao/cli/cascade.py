@@ -7,6 +7,7 @@ give ``--token`` (an admin token of that node for changes, operator for status).
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -222,6 +223,50 @@ def sync(
         print_json({"items": results})
     else:
         console.print(_table(results, "synced"))
+
+
+@cascade.command("diff")
+@click.argument("peer")
+@click.option("--repair", is_flag=True, help="Fetch again what differs and drop the extras")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds")
+@cascade_options
+def diff(peer: str, repair: bool, timeout: float, node: Node) -> None:
+    """Compare this node's copy of PEER's entries with PEER's feed now: missing here,
+    extra here, different (by content hash). Exits 1 when they differ (and were not
+    repaired). Replication goes on meanwhile.
+
+    \b
+    Example:
+        yunnao cascade diff sd.qd.shinan
+        yunnao cascade diff sd.qd.shinan --repair
+    """
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True, disable=node.as_json) as progress:  # fmt: skip
+        progress.add_task(f"reading {peer}'s feed" + (" and repairing" if repair else ""))
+        method, action = ("POST", "repair") if repair else ("GET", "diff")
+        data = node.request(method, f"/v1/cascade/peers/{peer}/{action}", timeout=timeout)
+    if node.as_json:
+        print_json(data)
+    else:
+        found = {k: data[k] for k in ("missing", "extra", "different")}
+        console.print(f"{peer}: {data['compared']} entries in its feed (head {data['head']})",
+                      highlight=False)  # fmt: skip
+        for kind, keys in found.items():
+            if keys:
+                console.print(f"[bold]{kind}[/bold] ({len(keys)}):", highlight=False)
+                for key in keys[:200]:
+                    console.print(f"  {key}", highlight=False)
+                if len(keys) > 200:
+                    console.print(f"  … {len(keys) - 200} more (--json for all)")
+        if not any(found.values()):
+            console.print("[green]in agreement[/green]")
+        elif data["repaired"]:
+            console.print(f"repaired: {data['applied']} written again, {data['removed']} removed",
+                          highlight=False)  # fmt: skip
+            for why in data["rejected"]:
+                console.print(f"  [red]rejected[/red] {why}", highlight=False)
+    if any(data[k] for k in ("missing", "extra", "different")) and not data["repaired"]:
+        sys.exit(1)
 
 
 @cascade.command("rejections")
