@@ -4,6 +4,7 @@ top functions by own and total share of the samples, as a markdown table.
 
     python bench/profile_invoke.py                  # c=1 and c=32, 10 s each
     python bench/profile_invoke.py --conns 32 --duration 5 --top 25
+    python bench/profile_invoke.py --token          # the same calls with a node token
 
 Needs ``wrk`` and ``py-spy`` (in the virtualenv); py-spy attaches to the node's
 process, so it needs ptrace rights over it (it is our own child here).
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.invoke import gateway_request, node, wrk  # noqa: E402
+from bench.invoke import Request, gateway_request, node, operator_token, wrk  # noqa: E402
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 
@@ -58,7 +59,7 @@ def top(raw: str, n: int) -> list[tuple[str, float, float]]:
     return [(f, 100 * c / samples, 100 * total[f] / samples) for f, c in own.most_common(n)]
 
 
-def profile(base: str, pid: int, conns: int, duration: float, n: int) -> str:
+def profile(req: Request, pid: int, conns: int, duration: float, n: int) -> str:
     with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as out:
         path = out.name
     spy = subprocess.Popen(
@@ -67,7 +68,7 @@ def profile(base: str, pid: int, conns: int, duration: float, n: int) -> str:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     cell: list = []
-    t = threading.Thread(target=lambda: cell.append(wrk(gateway_request(base), conns, duration)))
+    t = threading.Thread(target=lambda: cell.append(wrk(req, conns, duration)))
     t.start()
     t.join()
     spy.wait(timeout=duration + 60)
@@ -89,13 +90,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--conns", default="1,32")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--token", action="store_true", help="calls with a node token")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="yunnao-profile-") as tmp, node(Path(tmp)) as gw:
         req = gateway_request(gw.url)
+        if args.token:
+            req.token = operator_token(gw.cwd)
         wrk(req, 4, 2)  # warm-up
         assert gw.proc is not None
         for conns in (int(c) for c in args.conns.split(",")):
-            print(profile(gw.url, gw.proc.pid, conns, args.duration, args.top))
+            print(profile(req, gw.proc.pid, conns, args.duration, args.top))
             print()
 
 

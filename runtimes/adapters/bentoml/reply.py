@@ -13,7 +13,7 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class Reply:
     status_code: int
-    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's, or http1.Headers)
     content: bytes
 
     def json(self) -> Any:

@@ -21,6 +21,7 @@ from yunnao.plugins.errors import CapabilityError, InvocationTimeout, NotDeploya
 from yunnao.plugins.tensor import DATATYPES
 
 from ..base import RuntimeContext, RuntimeHealth, Target
+from ..http1 import Http1Client
 from .binding import Deployment, deployment_of
 from .repository import entry_is_current, write_wrapper_entry
 from .server import TritonServer
@@ -84,7 +85,7 @@ class TritonRuntime:
             self.url = self.server.url
             self.repository = self.server.repository
         self._client: InferenceServerClient | None = None
-        self._session: Any = None  # aiohttp, for wrapper calls (see _infer_json)
+        self._session: Http1Client | None = None  # for wrapper calls (see _infer_json)
         self._closing: set[asyncio.Task[None]] = set()  # clients being closed
         self._deployed: dict[str, Deployment] = {}  # by target slug
         self._locks: dict[str, asyncio.Lock] = {}  # by Triton model name
@@ -256,16 +257,16 @@ class TritonRuntime:
         header = _HEADER % (len(payload), len(payload))
         session = self._session_now()
         try:
-            async with session.post(
-                f"http://{self.url}/v2/models/{dep.model}/infer",
-                data=header + payload,
-                headers={
+            answer = await session.post(
+                f"/v2/models/{dep.model}/infer",
+                header + payload,
+                {
                     "Inference-Header-Content-Length": str(len(header)),
                     "Content-Type": "application/octet-stream",
                 },
-            ) as resp:
-                body = await resp.read()
-                status, length = resp.status, resp.headers.get("Inference-Header-Content-Length")
+            )
+            body, status = answer.body, answer.status
+            length = answer.headers.get("inference-header-content-length")
         except _unreachable() as exc:
             raise self._down(exc) from exc
         if status != 200:
@@ -283,15 +284,12 @@ class TritonRuntime:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise CapabilityError(f"{dep.target.id}: answer is not JSON: {exc}") from exc
 
-    def _session_now(self) -> Any:
+    def _session_now(self) -> Http1Client:
         if self._closed:
             raise RuntimeDown("the triton runtime is shut down", retry_after=self.retry_after)
-        if self._session is None or self._session.closed:
-            import aiohttp
-
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, limit_per_host=64)
-            )
+        if self._session is None:
+            # A plain HTTP/1.1 client, not aiohttp: about 0.45 ms less a call (http1).
+            self._session = Http1Client.for_url(self.url)
         return self._session
 
     def _down(self, exc: BaseException) -> RuntimeDown:
