@@ -20,16 +20,20 @@ the node's ``max_concurrency``, 4): calls beyond it wait, within their timeout.
 Short calls skip the thread hop (``thread`` executor): a version whose last
 ``INLINE_AFTER`` calls in a worker thread each finished within ``inline_budget_ms``
 (1 ms) runs on the event loop itself from then on, since handing a call to a thread and
-back costs more than such a call. It goes back to the threads for good (a warning names
-it) at its first call on the event loop that takes over ``INLINE_STALL`` times the
-budget, or once its calls overrun the budget more than now and then (``INLINE_STRIKES``
-overruns, each call within the budget taking back ``INLINE_FORGIVE`` of one): a call
-on the event loop can be held up by another thread taking the interpreter's lock, so
-one overrun by a little is not yet the capability's doing. What this costs: before a
-version goes back, the calls that overran held up the node's other calls for their
-duration (at most ``INLINE_STALL`` × the budget each, or a call's own length when one
-suddenly runs long), never again after. ``inline_budget_ms`` 0 (or binding config
-``inline: false``) keeps every call in threads.
+back costs more than such a call. It goes back to the threads (a warning names it) at
+its first call on the event loop that takes over ``INLINE_STALL`` times the budget, or
+once its calls overrun the budget more than now and then (``INLINE_STRIKES`` overruns,
+each call within the budget taking back ``INLINE_FORGIVE`` of one): a call on the event
+loop can be held up by another thread taking the interpreter's lock, so one overrun by
+a little is not yet the capability's doing. A version sent back returns to the loop
+only after ``INLINE_BACKOFF`` times as many quick calls in a row as the time before
+(160, then 1,280, …, at most ``INLINE_MOST``): a loaded machine (a collection pass, a
+busy neighbour) can push a quick capability over the budget, and it should not pay for
+that for good, while a capability that really runs long now and then is given fewer and
+fewer chances. What this costs: each time a version goes back, the calls that overran
+held up the node's other calls for their duration (at most ``INLINE_STALL`` × the
+budget each, or a call's own length when one suddenly runs long). ``inline_budget_ms``
+0 (or binding config ``inline: false``) keeps every call in threads.
 
 A model of an uploaded package never runs here, whoever bound it: the loader refuses it
 (:class:`NotDeployable` naming the sandbox) before any of its code is imported, since
@@ -79,6 +83,10 @@ INLINE_AFTER = 20
 INLINE_STALL = 20
 INLINE_STRIKES = 3.0
 INLINE_FORGIVE = 0.05
+# After its n-th time back in threads, a version needs INLINE_AFTER × INLINE_BACKOFF**n
+# quick calls in a row (at most INLINE_MOST) to run on the loop again.
+INLINE_BACKOFF = 8
+INLINE_MOST = 100_000
 
 
 class InProcessSettings(RuntimeSettings):
@@ -128,7 +136,8 @@ class InProcessRuntime:
         self.inline_budget = max(0.0, settings.inline_budget_ms) / 1000
         self._quick: dict[str, int] = {}
         self._inline: dict[str, float] = {}  # slug -> its strikes on the event loop
-        self._threads_only: set[str] = set()
+        self._sent_back: dict[str, int] = {}  # slug -> times sent back to the threads
+        self._threads_only: set[str] = set()  # never on the loop (settings, binding)
         # Few threads by default: with more, CPU-bound capabilities fight the event loop
         # for the GIL and the tail latency of every call grows (measured: p99 at 32
         # concurrent calls 40 ms with 4 threads, 260 ms with 8). Raise it for
@@ -158,6 +167,7 @@ class InProcessRuntime:
         self._limiters.pop(target.slug, None)
         self._quick.pop(target.slug, None)
         self._inline.pop(target.slug, None)
+        self._sent_back.pop(target.slug, None)
         self._threads_only.discard(target.slug)
 
     async def invoke(self, target: Target, inputs: dict[str, Any], *, timeout: float) -> Any:
@@ -191,6 +201,7 @@ class InProcessRuntime:
             "inline_budget_ms": self.inline_budget * 1000,
             "deployed": sorted(self._limiters),
             "inline": sorted(self._inline),
+            "sent_back": dict(self._sent_back),  # slug -> times sent back to threads
         }
 
     async def close(self) -> None:
@@ -226,10 +237,15 @@ class InProcessRuntime:
             return
         quick = self._quick.get(slug, 0) + 1
         self._quick[slug] = quick
-        if quick >= INLINE_AFTER:
+        if quick >= self._needed(slug) and slug not in self._inline:
             self._inline[slug] = 0.0
+            self._quick[slug] = 0
             log.info("%s runs on the event loop: its last %d calls each took under %g ms",
                      slug, quick, self.inline_budget * 1000)  # fmt: skip
+
+    def _needed(self, slug: str) -> int:
+        """Quick calls in a row before ``slug`` runs on the event loop (again)."""
+        return min(INLINE_MOST, INLINE_AFTER * INLINE_BACKOFF ** self._sent_back.get(slug, 0))
 
     def _on_loop(self, target: Target, inputs: dict[str, Any]) -> Any:
         """Run a call on the event loop (the fast path of short calls)."""
@@ -244,11 +260,14 @@ class InProcessRuntime:
             self._inline[slug] = strikes
             if took > INLINE_STALL * self.inline_budget or strikes >= INLINE_STRIKES:
                 del self._inline[slug]
-                self._threads_only.add(slug)
+                self._sent_back[slug] = self._sent_back.get(slug, 0) + 1
+                self._quick[slug] = 0
                 log.warning(
                     "%s took %.1f ms on the event loop, over the inline budget of %g ms "
-                    "(%d times lately): its calls run in worker threads from now on",
+                    "(%d times lately): its calls run in worker threads from now on, "
+                    "until %d in a row are quick again",
                     target.id, took * 1000, self.inline_budget * 1000, int(strikes),
+                    self._needed(slug),
                 )  # fmt: skip
         if failure is not None:
             _raise(failure)

@@ -450,7 +450,9 @@ BODIES: dict[str, Any] = {
     "createAccessRequest": {"reason": "taken over"},
     "approveAccessRequest": {},
     "refuseAccessRequest": {"reason": "taken over"},
-}
+    "createWebhook": {"scope": NODE, "url": "https://hooks.example.org/x",
+                      "events": ["version.published", "cascade.entry_arrived"]},
+}  # fmt: skip
 # Calls, not changes: they may succeed (and change nothing in the registry).
 # An access request is asked, not granted: it changes nothing in the registry.
 CALLS = {"invoke", "v2Infer", "v2InferVersion", "createAccessRequest"}
@@ -520,6 +522,7 @@ def test_a_district_author_changes_nothing_outside_their_district_by_any_endpoin
                 peer="sd.qd.laoshan",
                 key_id="k1",
                 id="0" * 32,
+                delivery="msg_" + "0" * 32,
             )
             body = BODIES.get(op_id)
             if op_id == "publishPlugin":

@@ -1,7 +1,8 @@
 """The in-process runtime's fast path: a version whose calls are short runs on the
 event loop, without the hop to a worker thread; one that overruns the budget goes back
-to the threads for good. Either way every call is still audited and usage-recorded,
-and a capability's failures are still problems."""
+to the threads, and returns only after ever more quick calls in a row. Either way every
+call is still audited and usage-recorded, and a capability's failures are still
+problems."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ from tests.conftest import NODE_ID, assert_problem
 from tests.runtime_support import NAMESPACE, rt_capabilities
 from yunnao.app import create_app
 from yunnao.runtimes.adapters.base import Target
-from yunnao.runtimes.adapters.inprocess import INLINE_AFTER, INLINE_STALL, InProcessRuntime
+from yunnao.runtimes.adapters.inprocess import (
+    INLINE_AFTER,
+    INLINE_BACKOFF,
+    INLINE_STALL,
+    InProcessRuntime,
+)
 from yunnao.settings import Settings
 
 INVOKE = f"/v1/invoke/{NAMESPACE}"
@@ -130,7 +136,7 @@ def test_a_call_over_the_budget_sends_its_version_back_to_threads(
         for _ in range(5):
             assert node.call("greet", name="y").status_code == 200
         assert not slow_done.is_set()
-        # Many quick calls later, the version is still kept in threads.
+        # As many quick calls as it took the first time: still kept in threads.
         for _ in range(INLINE_AFTER):
             assert node.call("sleepy", seconds=0).status_code == 200
         assert _slug("sleepy") not in node.inline()
@@ -144,3 +150,25 @@ def test_a_budget_of_zero_keeps_every_call_in_threads(tmp_path: Path) -> None:
         for _ in range(INLINE_AFTER + 5):
             assert node.call("greet", name="x").status_code == 200
         assert node.inline() == []
+
+
+def test_a_version_sent_back_returns_after_ever_more_quick_calls(node: Node) -> None:
+    """A loaded machine can push a quick capability over the budget once: it does not
+    pay for that for good, while one that runs long again is given fewer chances."""
+    slow = INLINE_STALL * BUDGET_MS / 1000 + 0.05
+    for _ in range(INLINE_AFTER):
+        assert node.call("sleepy", seconds=0).status_code == 200
+    assert node.call("sleepy", seconds=slow).status_code == 200  # on the loop: sent back
+    assert _slug("sleepy") not in node.inline()
+    assert node.runtime.describe()["sent_back"] == {_slug("sleepy"): 1}
+    for _ in range(INLINE_AFTER * INLINE_BACKOFF - 1):
+        assert node.call("sleepy", seconds=0).status_code == 200
+    assert _slug("sleepy") not in node.inline()
+    assert node.call("sleepy", seconds=0).status_code == 200
+    assert _slug("sleepy") in node.inline()  # back on the loop
+    assert node.call("sleepy", seconds=slow).status_code == 200  # and sent back again
+    assert _slug("sleepy") not in node.inline()
+    for _ in range(INLINE_AFTER * INLINE_BACKOFF):
+        assert node.call("sleepy", seconds=0).status_code == 200
+    assert _slug("sleepy") not in node.inline()  # now it takes 8 times as many
+    assert node.runtime._needed(_slug("sleepy")) == INLINE_AFTER * INLINE_BACKOFF**2
