@@ -136,6 +136,17 @@ class Snapshot:
         return _rank(np.lexsort((self.ids, self.updated)))
 
     @cached_property
+    def tags_by_position(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The (capability, tag) pairs grouped by position: each position's first pair,
+        its number of tags, and the pairs' tag codes in that grouping. Counting the tags
+        of a few thousand matches then reads their pairs only, not all of them."""
+        order = np.argsort(self.tag_doc, kind="stable")
+        count = np.bincount(self.tag_doc, minlength=self.ids.size)
+        start = np.zeros(self.ids.size, dtype=np.int64)
+        np.cumsum(count[:-1], out=start[1:])
+        return start, count, self.tag_code[order]
+
+    @cached_property
     def name_rank(self) -> np.ndarray:
         """Each position's rank in (name, namespace) order."""
         order = sorted(range(self.ids.size), key=self.names.__getitem__)
@@ -366,17 +377,18 @@ class FacetIndex:
                 for c in snap.codes["namespace"][hits & sight_only]
             )
 
+        positions = np.flatnonzero(hits)
         counts: dict[str, dict[str, int]] = {}
         for facet in facets:
-            within = hits
+            within = positions
             if facet in masks:
-                within = base.copy()
+                mask = base.copy()
                 for other, m in masks.items():
                     if other != facet:
-                        within &= m
+                        mask &= m
+                within = np.flatnonzero(mask)
             counts[facet] = self._count(snap, facet, within)
 
-        positions = np.flatnonzero(hits)
         page = self._order(snap, positions, sort, score, offset + limit)[offset:]
         return Hits(ids=snap.ids[page].tolist(), total=int(positions.size), facets=counts)
 
@@ -466,9 +478,15 @@ class FacetIndex:
         return mask
 
     def _count(self, snap: Snapshot, facet: str, within: np.ndarray) -> dict[str, int]:
+        """Counts of ``facet``'s values over the positions ``within`` (gathering their
+        codes: a search's matches are usually a small share of the catalog)."""
         size = snap.sizes[facet]
         if facet == TAG:
-            counts = np.bincount(snap.tag_code[within[snap.tag_doc]], minlength=size)
+            start, count, codes = snap.tags_by_position
+            n = count[within]
+            # The pairs of each position in ``within``: its start, start + 1, ...
+            first = np.repeat(start[within] - np.cumsum(n) + n, n)
+            counts = np.bincount(codes[first + np.arange(first.size)], minlength=size)
         else:
             codes = snap.codes[facet][within]
             counts = np.bincount(codes[codes >= 0], minlength=size)

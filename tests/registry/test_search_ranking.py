@@ -90,3 +90,54 @@ def test_equal_scores_keep_one_order_across_pages(node: Node) -> None:
         paged += names(search(node, q="river", per_page=2, page=page))
     assert paged == whole
     assert whole == published  # equal scores: first published first
+
+
+def test_facet_counts_of_a_word_equal_those_counted_by_hand(node: Node) -> None:
+    # Entries with zero to three tags in two namespaces; some hold the word, some not.
+    published = []
+    for i in range(12):
+        namespace = "sd.qd.water" if i % 3 else "sd.qd.port"
+        tags = ["gauge", "river", "iot"][: i % 4]
+        summary = "Reads a river gauge" if i % 2 else "Plans cranes"
+        resp = node.publish(
+            namespace,
+            f"entry-{i:02d}",
+            title="条目",
+            summary=summary,
+            tags=tags,
+            domain="livelihood",
+            classification="public",
+        )
+        assert resp.status_code == 201, resp.text
+        # tags are searched too
+        published.append((namespace, tags, "gauge" in summary.lower() or "gauge" in tags))
+
+    def counted(namespace: str | None, tag: str | None) -> tuple[dict, dict]:
+        # each facet's counts ignore that facet's own filter
+        by_tag: dict[str, int] = {}
+        by_ns: dict[str, int] = {}
+        for ns, tags, holds in published:
+            if not holds:
+                continue
+            if namespace is None or ns == namespace:
+                for t in tags:
+                    by_tag[t] = by_tag.get(t, 0) + 1
+            if tag is None or tag in tags:
+                by_ns[ns] = by_ns.get(ns, 0) + 1
+        return by_tag, by_ns
+
+    for namespace, tag in (
+        (None, None),
+        ("sd.qd.water", None),
+        (None, "iot"),
+        ("sd.qd.port", "river"),
+    ):
+        params = {"q": "gauge"}
+        if namespace:
+            params["namespace"] = namespace
+        if tag:
+            params["tag"] = tag
+        body = search(node, **params)
+        by_tag, by_ns = counted(namespace, tag)
+        assert body["facets"]["tag"] == by_tag
+        assert body["facets"]["namespace"] == by_ns
