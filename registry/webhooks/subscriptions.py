@@ -1,7 +1,9 @@
 """Subscriptions and their delivery log: add, list, show, remove, test, redeliver.
 
 Who may: a subscription of a namespace is its writers' (authors and admins with the
-namespace in their scopes); one of the node is its operators' and admins'. Everyone
+namespace in their scopes); one of the node is its operators' and admins', and only
+an admin's when it asks for access requests (every department's requesters and their
+reasons). Everyone
 sees and changes only the subscriptions they could have made. The secret is shown once,
 when the subscription is made; the URL is checked by the node's outbound guard (public
 addresses only, unless the operator allows more) when it is given and again before
@@ -135,6 +137,9 @@ class Webhooks:
 
     def create(self, identity: Identity, body: NewWebhook) -> WebhookOut:
         self.check_scope(identity, body.scope)
+        if body.scope == self.node_id and any(e.startswith("access.") for e in body.events):
+            # Who asked to call what, and why, in every department: the node's admins'.
+            require(identity, Action.MANAGE_NODE, self.node_id)
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         hook = Webhook(
             id=uuid.uuid4().hex, scope=body.scope, url=body.url, events=body.events,

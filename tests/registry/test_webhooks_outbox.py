@@ -39,7 +39,7 @@ class Node:
                       department=dept)  # fmt: skip
 
     def subscribe(self, scope: str, *events: str) -> str:
-        role = "operator" if scope == NODE else "author"
+        role = "admin" if scope == NODE else "author"
         resp = self.client.post(
             "/v1/webhooks", headers=self.headers(role, scope),
             json={"scope": scope, "url": "https://hooks.example.org/yunnao",
@@ -168,3 +168,14 @@ def test_a_peer_that_stops_answering_and_comes_back_is_told(node: Node) -> None:
     assert [(d["event"], d["data"]["peer"]) for d in node.outbox(hook)] == [
         ("peer.unreachable", Peer.id)
     ]
+
+
+def test_a_node_subscription_to_access_requests_is_an_admins(node: Node) -> None:
+    body = {"scope": NODE, "url": "https://hooks.example.org/yunnao"}
+    operator = node.headers("operator", NODE)
+    asks = node.client.post("/v1/webhooks", headers=operator,
+                            json={**body, "events": ["access.requested"]})  # fmt: skip
+    assert asks.status_code == 403, asks.text
+    peers = node.client.post("/v1/webhooks", headers=operator,
+                             json={**body, "events": ["peer.unreachable"]})  # fmt: skip
+    assert peers.status_code == 201, peers.text
