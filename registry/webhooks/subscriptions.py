@@ -115,13 +115,17 @@ class Webhooks:
             raise ValidationFailed(why, errors=[FieldError("scope", why)])
         require(identity, Action.UPDATE, scope)
 
-    def _may_see(self, identity: Identity, scope: str) -> bool:
-        action = Action.READ_NODE if scope == self.node_id else Action.UPDATE
-        return decide(identity, action, Entry(scope)).allowed
+    def _may_see(self, identity: Identity, hook: Webhook) -> bool:
+        """Whether ``identity`` could have made ``hook`` (and so may see its log)."""
+        if hook.scope != self.node_id:
+            return decide(identity, Action.UPDATE, Entry(hook.scope)).allowed
+        asks = any(e.startswith("access.") for e in hook.events or [])
+        action = Action.MANAGE_NODE if asks else Action.READ_NODE
+        return decide(identity, action, Entry(hook.scope)).allowed
 
     def _owned(self, s: Any, identity: Identity, webhook_id: str) -> Webhook:
         hook = s.get(Webhook, webhook_id)
-        if hook is None or not self._may_see(identity, hook.scope):
+        if hook is None or not self._may_see(identity, hook):
             raise NotFound(f"no webhook {webhook_id}")
         return hook
 
@@ -156,7 +160,7 @@ class Webhooks:
             stmt = select(Webhook).order_by(Webhook.created_at)
             if scope:
                 stmt = stmt.where(Webhook.scope == scope)
-            hooks = [h for h in s.exec(stmt).all() if self._may_see(identity, h.scope)]
+            hooks = [h for h in s.exec(stmt).all() if self._may_see(identity, h)]
             return [self._out(s, h) for h in hooks]
 
     def get(self, identity: Identity, webhook_id: str) -> WebhookOut:

@@ -179,3 +179,8 @@ def test_a_node_subscription_to_access_requests_is_an_admins(node: Node) -> None
     peers = node.client.post("/v1/webhooks", headers=operator,
                              json={**body, "events": ["peer.unreachable"]})  # fmt: skip
     assert peers.status_code == 201, peers.text
+    # An admin's subscription to them: the operator neither lists it nor reads its log.
+    made = node.subscribe(NODE, "access.requested")
+    listed = node.client.get("/v1/webhooks", headers=operator).json()["items"]
+    assert [h["id"] for h in listed] == [peers.json()["id"]]
+    assert node.client.get(f"/v1/webhooks/{made}/deliveries", headers=operator).status_code == 404
