@@ -27,10 +27,11 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
-from yunnao.plugins.errors import CheckpointMoved, NotFound, Unavailable
+from yunnao.plugins.errors import CheckpointMoved, NotFound, Unavailable, YunnaoError
 from yunnao.registry import replica
 from yunnao.registry.hashing import content_hash
 from yunnao.registry.tables import CapabilityRow, Peer, VersionRow, utcnow
@@ -38,13 +39,11 @@ from yunnao.registry.tables import CapabilityRow, Peer, VersionRow, utcnow
 from .apply import Applier
 from .peers import PeerStore
 from .policy import refusal
-from .sync import Replicator
-from .wire import read_page
+from .sync import Replicator, SyncError
 
 _cap = CapabilityRow.__table__  # type: ignore[attr-defined]
 _ver = VersionRow.__table__  # type: ignore[attr-defined]
 _peer = Peer.__table__  # type: ignore[attr-defined]
-PAGE = 1000
 
 
 class DiffOut(BaseModel):
@@ -90,21 +89,19 @@ class Reconciler:
     async def _read(self, peer: Peer) -> _Feed:
         if not peer.url:
             raise Unavailable(
-                f"this node has no address for {peer.id} (it pushes to this node): run "
-                f"`yunnao cascade diff` at {peer.id}'s parent side with its URL, or link it "
-                "with --url"
+                f"this node has no URL for {peer.id}: it only pushes here, so its feed "
+                "cannot be read from this side (link it with its URL to compare)"
             )
         feed, since = _Feed(), 0
-        client = self.replicator.client
         while True:
-            resp = await client.get(
-                f"{peer.url}/v1/cascade/changes",
-                params={"since": since, "limit": PAGE},
-                headers={"Authorization": f"Bearer {self.replicator.assertion(peer.id)}"},
-            )
-            if resp.status_code != 200:
-                raise Unavailable(f"{peer.id} answered {resp.status_code} to its feed's page")
-            page = read_page(resp.content, what=f"{peer.id}'s feed page")
+            try:  # the pages replication reads, as it reads them
+                page = await self.replicator._fetch(peer, since, 0)
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"cannot reach {peer.id}: {type(exc).__name__}") from None
+            except (SyncError, YunnaoError) as exc:
+                raise Unavailable(f"{peer.id}'s feed: {exc}") from None
+            if not isinstance(page, dict):
+                raise Unavailable(f"{peer.id}'s feed page is not a feed page")
             items, nxt, head = page.get("items"), page.get("next"), page.get("head")
             if not isinstance(items, list) or not isinstance(nxt, int) or not isinstance(head, int):
                 raise Unavailable(f"{peer.id}'s feed page is not a feed page")

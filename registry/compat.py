@@ -322,26 +322,10 @@ def _contains(wide: Any, narrow: Any, where: str, out: list[Break], *, input_sid
     for keys, looser in ((_LOWER, lambda n, w: n < w), (_UPPER, lambda n, w: n > w)):
         for key in keys:
             if key in wide and (key not in narrow or looser(narrow[key], wide[key])):
-                out.append(
-                    _b(
-                        where,
-                        "rule-changed",
-                        rule=key,
-                        old=old.get(key, "unset"),
-                        new=new.get(key, "unset"),
-                    )
-                )
+                out.append(_rule(where, key, old, new))
     for key in ("pattern", "format", "multipleOf"):
         if key in wide and wide[key] != narrow.get(key):
-            out.append(
-                _b(
-                    where,
-                    "rule-changed",
-                    rule=key,
-                    old=old.get(key, "unset"),
-                    new=new.get(key, "unset"),
-                )
-            )
+            out.append(_rule(where, key, old, new))
 
 
 def _rule(where: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> Break:

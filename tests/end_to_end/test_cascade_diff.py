@@ -126,3 +126,10 @@ def test_the_diff_names_what_was_changed_behind_its_back_and_repair_restores_it(
     assert {k: after[k] for k in before} == before
     assert f"{NS}/ghost" not in after
     assert city.cascade("diff", SHINAN).returncode == 0
+
+    # The peer gone: a 503 problem saying so, not an internal error.
+    shinan.proc.stop()
+    gone = httpx.get(f"{url}/diff", headers=city.auth("operator"), timeout=60)
+    assert gone.status_code == 503, gone.text
+    assert gone.headers["content-type"].startswith("application/problem+json")
+    assert f"cannot reach {SHINAN}" in gone.json()["detail"]
