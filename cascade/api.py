@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from yunnao.registry.api import Endpoint
 
-from . import feed_api, health_api, peers_api
+from . import feed_api, health_api, peers_api, review_api
 from .state import Cascade
 
 __all__ = ["ENDPOINTS", "Cascade"]
 
-ENDPOINTS: tuple[Endpoint, ...] = (*feed_api.ENDPOINTS, *health_api.ENDPOINTS, *peers_api.ENDPOINTS)
+ENDPOINTS: tuple[Endpoint, ...] = (
+    *feed_api.ENDPOINTS,
+    *health_api.ENDPOINTS,
+    *peers_api.ENDPOINTS,
+    *review_api.ENDPOINTS,
+)

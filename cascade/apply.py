@@ -7,16 +7,15 @@ and no replica that came through another linked peer, this node holds a key for 
 origin and the signature and content hash check out. Anything else is rejected: logged,
 counted on the peer and kept in ``cascade_rejection``, never applied. An item no newer
 than what this node already applied from the same origin is skipped, so a batch read
-twice changes nothing.
+twice changes nothing. What a rejection keeps is bounded (:mod:`.rejections`).
 
-What a rejection keeps is bounded, since the peer chooses what it sends: the first
-:data:`KEPT_PER_BATCH` of a batch are kept (each item cut to :data:`KEPT_ITEM_CHARS`),
-the rest only counted; peer-supplied text is logged escaped, one line per rejection.
+At a node that reviews what its children share (:mod:`.review`), their capabilities
+that are not approved here are held instead of written; approving writes them
+(:meth:`Applier.release`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,26 +27,23 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlmodel import Session
 
-from yunnao.plugins.errors import CheckpointMoved
+from yunnao.plugins.errors import CheckpointMoved, Conflict
 from yunnao.registry import replica
 from yunnao.registry.hashing import content_hash
-from yunnao.registry.tables import Peer, Rejection, utcnow
+from yunnao.registry.tables import Peer, utcnow
 from yunnao.registry.webhooks import events as webhook_events
 
 from . import items as shapes
 from . import usage_items
 from .feed import append_signed, signed_part
 from .policy import refusal
+from .rejections import keep_rejections, log_rejections
+from .review import Reviews, take_decision
 from .signing import item_checks, verify
 
 log = logging.getLogger("yunnao.cascade")
 
 _peer = Peer.__table__  # type: ignore[attr-defined]
-
-KEPT_PER_BATCH = 100  # rejections of one batch kept in cascade_rejection; the rest counted
-KEPT_ITEM_CHARS = 4096  # of a rejected item's JSON kept with it
-LOGGED_PER_BATCH = 20  # rejections of one batch logged one by one; the rest summed up
-_REASON_CHARS = 500  # the column's size
 
 
 @dataclass(frozen=True)
@@ -69,6 +65,7 @@ class Outcome:
     skipped: int = 0
     rejected: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     checkpoint: int = 0
+    held: int = 0  # items held for this node's review (cascade/review.py)
     seen: list[tuple[str, str]] = field(default_factory=list)  # (entity, key) of every item
 
 
@@ -78,11 +75,18 @@ def _public_key(hex_key: str) -> Ed25519PublicKey:
 
 class Applier:
     def __init__(
-        self, node_id: str, key: Ed25519PrivateKey, transaction: Callable[[], Any]
+        self,
+        node_id: str,
+        key: Ed25519PrivateKey,
+        transaction: Callable[[], Any],
+        *,
+        review: bool = False,
     ) -> None:
         self.node_id = node_id
         self.key = key  # signs the tombstones of a resync's sweep
         self.transaction = transaction  # the registry store's write transaction
+        # What children share upward waits for this node's review (when ``review``).
+        self.reviews = Reviews(node_id, key, enabled=review)
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._known: dict[str, str] = {}  # the node keys (hex) the last apply held
 
@@ -168,49 +172,9 @@ class Applier:
                 rejected=len(outcome.rejected),
                 caught_up=advance and next_seq >= head,
             )
-            for reason, raw in outcome.rejected[:KEPT_PER_BATCH]:
-                s.add(
-                    Rejection(
-                        peer=peer.id,
-                        origin=_text(raw, "origin", 330),
-                        entity=_text(raw, "entity", 16),
-                        key=_text(raw, "key", 600),
-                        reason=_clip(reason, _REASON_CHARS),
-                        item=_kept(raw),
-                    )
-                )
-            left = len(outcome.rejected) - KEPT_PER_BATCH
-            if left > 0:
-                s.add(
-                    Rejection(
-                        peer=peer.id,
-                        reason=f"{left} more rejected items of this batch were not kept "
-                        f"(only the first {KEPT_PER_BATCH} of a batch are)",
-                        item={"not_kept": left},
-                    )
-                )
-        self._log_rejections(peer, outcome.rejected)
+            keep_rejections(s, peer.id, outcome.rejected)
+        log_rejections(peer.id, outcome.rejected)
         return outcome
-
-    @staticmethod
-    def _log_rejections(peer: Peer, rejected: list[tuple[str, dict[str, Any]]]) -> None:
-        # Every value a peer chose is logged as a quoted literal: no newline or control
-        # character of its own ever reaches the log, so it cannot forge a log line.
-        for reason, raw in rejected[:LOGGED_PER_BATCH]:
-            log.warning(
-                "rejected %s %s from %s (origin %s): %s",
-                _quoted(_text(raw, "entity", 16)),
-                _quoted(_text(raw, "key", 200)),
-                peer.id,
-                _quoted(_text(raw, "origin", 200)),
-                _quoted(_clip(reason, _REASON_CHARS)),
-            )
-        if len(rejected) > LOGGED_PER_BATCH:
-            log.warning(
-                "rejected %d more items from %s (see the peer's rejections)",
-                len(rejected) - LOGGED_PER_BATCH,
-                peer.id,
-            )
 
     def checkpoint(
         self,
@@ -257,6 +221,7 @@ class Applier:
                     replica.delete_capability(s, namespace, name, at=utcnow())
                     self.log_sweep(s, namespace, name)
                     gone += 1
+            self.reviews.drop_via(s, peer.id, keep)  # what was held of those, too
             self.checkpoint(s, peer, since=since, to=to, head=head)
             s.execute(
                 _peer.update()
@@ -382,9 +347,54 @@ class Applier:
     def _store(
         self, s: Session, peer: Peer, accepted: list[dict[str, Any]], outcome: Outcome
     ) -> None:
-        """Write the accepted items of one page. Replication is state-based, so only the
-        last item of each entry in the page is written (all are logged, in order);
-        capabilities and versions go in a few batched statements."""
+        """Write the accepted items of one page, less what waits for this node's review
+        (a child's capabilities not approved here yet)."""
+        if self.reviews.enabled and peer.relation == "child":
+            accepted, held = self.reviews.split(s, peer.id, accepted)
+            outcome.held += held
+        self._write(s, peer.id, accepted, outcome)
+
+    def release(self, namespace: str, name: str, *, by: str) -> int:
+        """Approve a held capability: write its held items (checked when they arrived,
+        signed by their origin) as replication would have, so it enters the catalog and
+        the feed to this node's parent, and sign the decision. Returns the items written."""
+        outcome = Outcome()
+        with self.transaction() as s:
+            review = self.reviews.get(s, namespace, name)
+            if review.state == "approved":
+                raise Conflict(f"{namespace}/{name} is approved already")
+            found = replica.holders(s, [(namespace, name)]).get((namespace, name))
+            linked = frozenset(s.execute(sa.select(_peer.c.id)).scalars())
+            if found is not None and (
+                found[0] is None
+                or (found[1] and found[0] != review.via_node and found[0] in linked)
+            ):
+                raise Conflict(
+                    f"{namespace}/{name} is held here through "
+                    f"{found[0] or 'this node itself'} now, not {review.via_node}"
+                )
+            items = self.reviews.take_held(s, namespace, name)
+            self.reviews.decide(s, namespace, name, state="approved", by=by, reason=None)
+            self._write(s, review.via_node, items, outcome)
+        return outcome.applied
+
+    def refuse(self, namespace: str, name: str, *, by: str, reason: str) -> None:
+        """Refuse a held capability with ``reason`` (its items stay held; a newer one
+        from the child puts it back in the queue), and sign the decision."""
+        with self.transaction() as s:
+            review = self.reviews.get(s, namespace, name)
+            if review.state != "pending":
+                raise Conflict(
+                    f"{namespace}/{name} is {review.state}: only pending ones are refused"
+                )
+            self.reviews.decide(s, namespace, name, state="refused", by=by, reason=reason)
+
+    def _write(
+        self, s: Session, via: str, accepted: list[dict[str, Any]], outcome: Outcome
+    ) -> None:
+        """Write accepted items that came through ``via``. Replication is state-based, so
+        only the last item of each entry in the page is written (all are logged, in
+        order); capabilities and versions go in a few batched statements."""
         last = {_slot(item): i for i, item in enumerate(accepted)}
         deleted = {
             item["key"]
@@ -410,6 +420,8 @@ class Applier:
                 replica.put_namespace(s, entry["id"], item["origin"], entry)
             elif entity == "usage":
                 usage_items.apply(s, entry)
+            elif entity == "review":
+                take_decision(s, entry)
             elif entity == "capability" and item["op"] == "delete":
                 replica.delete_capability(s, entry["namespace"], entry["name"], at=at)
             elif entity == "capability":
@@ -417,7 +429,7 @@ class Applier:
             else:
                 versions.append((entry, at))
                 version_items.append(item)
-        replica.put_capabilities(s, caps, via=peer.id)
+        replica.put_capabilities(s, caps, via=via)
         missing = {id(version_items[i]) for i in replica.put_versions(s, versions)}
         if missing:
             # Its capability went here since (an ordering of the feed, not an attack).
@@ -425,7 +437,7 @@ class Applier:
             outcome.skipped += len(missing)
             logged = [item for item in logged if id(item) not in missing]
         replica.log(s, logged)
-        arrived = [_arrival(peer.id, i) for i in logged if i["entity"] in ("capability", "version")]
+        arrived = [_arrival(via, i) for i in logged if i["entity"] in ("capability", "version")]
         webhook_events.enqueue(s.connection(), self.node_id, arrived)  # in this transaction
         # A node/day's usage item supersedes the last one whole: keep only the newest.
         usage_items.drop_superseded(s, [i["key"] for i in logged if i["entity"] == "usage"])
@@ -456,32 +468,6 @@ def _cap_key(key: str) -> str:
 def _cap_pair(key: str) -> tuple[str, str]:
     namespace, _, name = _cap_key(key).partition("/")
     return namespace, name
-
-
-def _clip(text: str, size: int) -> str:
-    return text if len(text) <= size else text[: size - 12] + " [truncated]"
-
-
-def _quoted(text: str | None) -> str:
-    """``text`` as one JSON string literal, every character that is not printable (line
-    and paragraph separators included) escaped."""
-    literal = json.dumps(text, ensure_ascii=False)
-    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in literal)
-
-
-def _kept(raw: Any) -> Any:
-    """What a rejection keeps of the item: itself when small, else the start of its JSON
-    marked as cut (a peer must not fill this node's store with its rejections)."""
-    text = json.dumps(raw, default=repr)  # ASCII: what is kept is as long as it looks
-    if len(text) <= KEPT_ITEM_CHARS:
-        return raw
-    return {"truncated": True, "chars": len(text), "start": text[:KEPT_ITEM_CHARS]}
-
-
-def _text(raw: Any, name: str, size: int = 600) -> str | None:
-    """A member of a (maybe malformed) item as text that fits its column."""
-    value = raw.get(name) if isinstance(raw, dict) else None
-    return str(value)[:size] if value is not None else None
 
 
 def _aware(text: str) -> bool:

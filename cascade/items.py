@@ -140,12 +140,29 @@ class UsageEntry(_Entry):
         return self
 
 
+class ReviewEntry(_Entry):
+    """A reviewing node's decision about a capability a node below it shares upward
+    (:mod:`~yunnao.cascade.review`): it travels down only, to the owner's side."""
+
+    namespace: Annotated[str, StringConstraints(pattern=names.NAMESPACE_RE.pattern)]
+    name: Annotated[str, StringConstraints(pattern=names.NAME_RE.pattern)]
+    reviewer: NodeId
+    state: Literal["pending", "approved", "refused"]
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    decided_at: str | None = None
+
+
+def review_key(namespace: str, name: str, reviewer: str) -> str:
+    """The item key of ``reviewer``'s decision about ``namespace/name``."""
+    return f"{namespace}/{name}#{reviewer}"
+
+
 class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     origin: NodeId
     origin_seq: Annotated[int, Field(ge=1)]
-    entity: Literal["node", "namespace", "capability", "version", "usage"]
+    entity: Literal["node", "namespace", "capability", "version", "usage", "review"]
     key: Annotated[str, StringConstraints(max_length=600)]
     op: Literal["upsert", "delete"]
     content_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -159,6 +176,8 @@ def _expected_key(entity: str, entry: dict[str, Any]) -> str:
         return entry["id"]
     if entity == "usage":
         return f"{entry['node']}/{entry['day']}"
+    if entity == "review":
+        return review_key(entry["namespace"], entry["name"], entry["reviewer"])
     key = f"{entry['namespace']}/{entry['name']}"
     return f"{key}@{entry['version']}" if entity == "version" else key
 
@@ -179,6 +198,7 @@ def problem(raw: Any) -> str | None:
                 "capability": CapabilityEntry,
                 "version": VersionEntry,
                 "usage": UsageEntry,
+                "review": ReviewEntry,
             }[item.entity].model_validate(entry)
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -17,6 +17,9 @@ where it is applied:
   ``restricted``) goes to it as a tombstone this node signs (:func:`withdrawn`).
 - Usage figures (entity ``usage``, key ``<node>/<day>``) travel up only, never to a
   child, and a node signs only its own: the key names the origin itself.
+- Review decisions (entity ``review``, :mod:`~yunnao.cascade.review`) travel down only,
+  to the child whose subtree owns the capability; a node takes one only from its
+  parent, signed by an ancestor that names itself as the reviewer, about its own subtree.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def may_send(item: dict[str, Any], *, this_node: str, reader: Reader) -> bool:
         return False
     if item["entity"] == "usage" and reader.relation == "child":
         return False  # usage figures go up only
+    if item["entity"] == "review":  # down only, to the side of the tree that owns it
+        child = reader.node if reader.relation == "child" else None
+        return child is not None and owner is not None and in_subtree(owner, child)
     if reader.relation in ("parent", "operator"):
         # Not a tombstone this node signed for an entry from above (a resync's sweep of
         # what its parent sent): the parent would refuse it.
@@ -124,6 +130,17 @@ def refusal(
         named = key.split("/", 1)[0]
         if named != origin:
             return f"usage of node {named} signed by {origin}: a node sends only its own", True
+        return None
+    if entity == "review":
+        if relation != "parent":
+            return "review decisions travel down the node tree only, not from a child", True
+        if not below(this_node, origin):
+            return f"node {origin} is not above this node: it reviews nothing of it", True
+        if entry.get("reviewer") != origin:
+            return f"a decision of {entry.get('reviewer')!r} signed by {origin}", True
+        owner = namespace_node(key.split("/", 1)[0])
+        if not in_subtree(owner, this_node):
+            return f"a decision about node {owner}'s entry, outside this node's subtree", True
         return None
     if entity == "node":
         described = key

@@ -8,7 +8,9 @@ peer, by the content hash this node keeps of them (and a version's status):
 
 - **missing**: in the peer's feed, not here (or no longer: a row lost or deleted);
 - **extra**: held here through the peer, not in its feed;
-- **different**: both, but not the same content.
+- **different**: both, but not the same content;
+- **held**: in the peer's feed and held here for review (cascade/review.py): not in
+  the catalog on purpose, so neither missing nor repaired.
 
 ``repair`` applies the peer's current items for what is missing or different once
 more, every one checked as replication checks it (shape, signature, ownership, policy,
@@ -33,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from yunnao.plugins.errors import CheckpointMoved, NotFound, Unavailable, YunnaoError
 from yunnao.registry import replica
+from yunnao.registry.db import read_session
 from yunnao.registry.hashing import content_hash
 from yunnao.registry.tables import CapabilityRow, Peer, VersionRow, utcnow
 
@@ -53,6 +56,9 @@ class DiffOut(BaseModel):
     missing: list[str] = Field(description="in the peer's feed, not here")
     extra: list[str] = Field(description="held here through the peer, not in its feed")
     different: list[str] = Field(description="in both, with other content")
+    held: list[str] = Field(
+        default_factory=list, description="in the peer's feed, held here for review"
+    )
     repaired: bool = False
     applied: int = Field(0, description="entries written again by the repair")
     removed: int = Field(0, description="extras the repair deleted")
@@ -135,6 +141,10 @@ class Reconciler:
                     out[f"{names[cid]}@{version}"] = f"{digest} {status}"
         return out
 
+    def _waiting(self, peer_id: str) -> set[str]:
+        with read_session(self.engine) as s:
+            return self.applier.reviews.waiting(s, peer_id)
+
     def _wanted(self, peer: Peer, feed: _Feed) -> dict[str, dict[str, Any]]:
         """The capabilities and versions in the peer's feed that this node takes."""
         with self.engine.connect() as conn:
@@ -164,11 +174,14 @@ class Reconciler:
         feed = await self._read(peer)
         wanted = self._wanted(peer, feed)
         local = await anyio.to_thread.run_sync(self._local, peer.id)
+        waiting = await anyio.to_thread.run_sync(self._waiting, peer.id)
+        held = sorted(k for k in wanted if k not in local and k.split("@", 1)[0] in waiting)
+        wanted = {k: v for k, v in wanted.items() if k.split("@", 1)[0] not in waiting}
         missing = sorted(k for k in wanted if k not in local)
         extra = sorted(k for k in local if k not in wanted)
         different = sorted(k for k in wanted if k in local and local[k] != _expected(wanted[k]))
         out = DiffOut(peer=peer.id, head=feed.head, compared=len(wanted), missing=missing,
-                      extra=extra, different=different)  # fmt: skip
+                      extra=extra, different=different, held=held)  # fmt: skip
         if repair and (missing or extra or different):
             await anyio.to_thread.run_sync(self._repair, peer.id, out, wanted)
         return out

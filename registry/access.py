@@ -13,6 +13,8 @@ and department it belongs to. Roles, least to most:
 =========  ==============================================================
 consumer   discover and invoke
 auditor    discover; read the audit log (never invokes)
+reviewer   discover; approve or refuse what child nodes share upward (never
+           invokes; see cascade/review.py)
 author     consumer, plus publish and change entries of its scopes; title
            its departments
 operator   consumer, plus rebind runtimes of its scopes; read node status;
@@ -65,7 +67,7 @@ from yunnao.plugins.errors import Forbidden, NotFound, Unauthorized, YunnaoError
 from .names import in_scope, namespace_node
 from .schemas import Access, AccessRule, Grant
 
-ROLES: tuple[str, ...] = ("admin", "operator", "author", "consumer", "auditor")
+ROLES: tuple[str, ...] = ("admin", "operator", "author", "consumer", "auditor", "reviewer")
 LISTED_STATUSES = ("published", "deprecated")
 
 
@@ -86,6 +88,7 @@ class Action(StrEnum):
     AUDIT = "audit"  # read and verify the audit log
     NAME_NODE = "name-node"  # set this node's titles
     NAME = "name"  # create a department, set its titles
+    REVIEW = "review"  # approve or refuse what children share upward (cascade/review.py)
 
 
 # Which roles may take each action at all (scope and entry rules come on top).
@@ -104,9 +107,17 @@ ROLE_ACTIONS: dict[Action, frozenset[str]] = {
     Action.AUDIT: frozenset({"admin", "auditor"}),
     Action.NAME_NODE: frozenset({"admin", "operator"}),
     Action.NAME: frozenset({"admin", "operator", "author"}),
+    Action.REVIEW: frozenset({"admin", "reviewer"}),
 }
 NODE_ACTIONS = frozenset(
-    {Action.READ_NODE, Action.MANAGE_NODE, Action.AUDIT, Action.BIND_EXTERNAL, Action.NAME_NODE}
+    {
+        Action.READ_NODE,
+        Action.MANAGE_NODE,
+        Action.AUDIT,
+        Action.BIND_EXTERNAL,
+        Action.NAME_NODE,
+        Action.REVIEW,
+    }
 )
 WRITER_ROLES = ROLE_ACTIONS[Action.UPDATE]
 # Roles that keep sight of every entry in their scopes, for administration (audited).

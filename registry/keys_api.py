@@ -40,7 +40,7 @@ class KeyRequest(BaseModel):
         str | None,
         Field(max_length=500, description="who calls with it (default: app:<name>)"),
     ] = None
-    role: Literal["admin", "operator", "author", "consumer", "auditor"] = "consumer"
+    role: Literal["admin", "operator", "author", "consumer", "auditor", "reviewer"] = "consumer"
     scopes: list[Annotated[str, AfterValidator(_scope)]] = Field(
         default_factory=list, max_length=32, description="namespaces (or node ids) it covers"
     )

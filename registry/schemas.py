@@ -109,7 +109,7 @@ def _utc(value: datetime) -> datetime:
 NodeRef = Annotated[str, AfterValidator(_node_ref)]
 Department = Annotated[str, AfterValidator(_department)]
 Subject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Role = Literal["admin", "operator", "author", "consumer", "auditor"]
+Role = Literal["admin", "operator", "author", "consumer", "auditor", "reviewer"]
 RateLimit = Annotated[str, StringConstraints(max_length=64), AfterValidator(_rate_limit)]
 
 

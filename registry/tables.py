@@ -519,3 +519,66 @@ class IdempotencyKey(SQLModel, table=True):
     body: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
     created_at: datetime = _ts()
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class ReviewRow(SQLModel, table=True):
+    """A capability from a child's subtree in this node's review (cascade/review.py):
+    pending, approved (by a reviewer, a rule, or held before review was on) or refused."""
+
+    __tablename__ = "review"
+
+    namespace: str = Field(primary_key=True, max_length=370)
+    name: str = Field(primary_key=True, max_length=64)
+    origin_node: str = Field(max_length=330)
+    via_node: str = Field(max_length=330)  # the child it came through
+    state: str = Field(index=True, max_length=16)  # pending | approved | refused
+    reason: str | None = Field(default=None, max_length=500)
+    decided_by: str | None = Field(default=None, max_length=500)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    arrived_at: datetime = _ts()
+    rule_id: str | None = Field(default=None, max_length=32)
+    title: str | None = Field(default=None, max_length=200)
+    classification: str | None = Field(default=None, max_length=16)
+
+
+class ReviewHeld(SQLModel, table=True):
+    """A signed item of a capability not approved yet, as received (the newest per
+    entity and key): written to the catalog when the capability is approved."""
+
+    __tablename__ = "review_held"
+    __table_args__ = (sa.Index("ix_review_held_capability", "namespace", "name"),)
+
+    entity: str = Field(primary_key=True, max_length=16)
+    key: str = Field(primary_key=True, max_length=600)
+    namespace: str = Field(max_length=370)
+    name: str = Field(max_length=64)
+    origin_seq: int = Field(sa_type=sa.BigInteger)
+    item: dict[str, Any] = Field(sa_type=JSONType)
+    held_at: datetime = _ts()
+
+
+class ReviewRule(SQLModel, table=True):
+    """What this node approves without a reviewer: every field given must match."""
+
+    __tablename__ = "review_rule"
+
+    id: str = Field(primary_key=True, max_length=32)
+    namespace: str | None = Field(default=None, max_length=370)
+    classification: str | None = Field(default=None, max_length=16)
+    district: str | None = Field(default=None, max_length=330)
+    created_by: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts()
+
+
+class ReviewUpward(SQLModel, table=True):
+    """At a child: a decision of a node above about one of its subtree's capabilities."""
+
+    __tablename__ = "review_upward"
+
+    namespace: str = Field(primary_key=True, max_length=370)
+    name: str = Field(primary_key=True, max_length=64)
+    reviewer: str = Field(primary_key=True, max_length=330)
+    state: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=500)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    received_at: datetime = _ts()

@@ -337,7 +337,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     feed = Feed(engine, node_id, key, share_internal=settings.cascade_share_internal)
     store.after_write(feed.watcher.notify)  # this process's writes wake long polls at once
     store.signer = feed.sign_logged  # own entries are signed when written, not when read
-    applier = Applier(node_id, key, store.transaction)
+    applier = Applier(node_id, key, store.transaction, review=settings.cascade_review)
     replicator = Replicator(
         feed=feed,
         applier=applier,

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="let this node's internal capabilities go sideways and down the node tree "
         "(to sibling and child nodes following their parent), not only up",
     )
+    cascade_review: bool = Field(
+        False,
+        description="hold the capabilities that arrive from child nodes until this node's "
+        "reviewers (or a review rule) approve them: until then they are not in this node's "
+        "catalog and do not travel further up",
+    )
     cascade_sync: bool = Field(
         True, description="run the replication loops with linked nodes in this process"
     )

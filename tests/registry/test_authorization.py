@@ -523,6 +523,7 @@ def test_a_district_author_changes_nothing_outside_their_district_by_any_endpoin
                 key_id="k1",
                 id="0" * 32,
                 delivery="msg_" + "0" * 32,
+                rule="0" * 32,
             )
             body = BODIES.get(op_id)
             if op_id == "publishPlugin":

@@ -40,6 +40,7 @@ from .keys import key, token
 from .names import namespace_group, node_group
 from .node import db, serve
 from .profiles import login, logout, profiles_list
+from .review import review
 from .webhooks import webhook
 
 
@@ -62,6 +63,6 @@ for command in (
     serve, db, search, show, invoke, runtime, token, plugins, publish,
     cascade, key, audit, usage, demo,
     versions, compare, deprecate, retire, edit, publish_jobs, login, logout, profiles_list,
-    node_group, namespace_group, access, assessment, webhook,
+    node_group, namespace_group, access, assessment, webhook, review,
 ):  # fmt: skip
     main.add_command(command)

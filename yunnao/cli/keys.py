@@ -29,7 +29,7 @@ def token() -> None:
 @click.option(
     "--role",
     required=True,
-    type=click.Choice(["admin", "operator", "author", "consumer", "auditor"]),
+    type=click.Choice(["admin", "operator", "author", "consumer", "auditor", "reviewer"]),
     help="What the holder may do; writes need admin or author",
 )
 @click.option(
@@ -126,7 +126,7 @@ def key() -> None:
 @click.option("--subject", help="Who calls with it (recorded as the caller)  [default: app:NAME]")
 @click.option(
     "--role",
-    type=click.Choice(["consumer", "author", "operator", "auditor", "admin"]),
+    type=click.Choice(["consumer", "author", "operator", "auditor", "reviewer", "admin"]),
     default="consumer",
     show_default=True,
 )
