@@ -17,6 +17,7 @@ from . import (
     overview,
     pages,
     reconcile_pages,
+    review_pages,
 )
 
 ACTIONS = {
@@ -24,6 +25,7 @@ ACTIONS = {
     **authoring.ACTIONS,
     **naming.ACTIONS,
     **access_pages.ACTIONS,
+    **review_pages.ACTIONS,
     reconcile_pages.repair: "uiCascadeRepair",
 }
 
@@ -39,6 +41,7 @@ def routes() -> list[BaseRoute]:
         *assessment_pages.routes(),
         *compare.routes(),
         *reconcile_pages.routes(),
+        *review_pages.routes(),
         *pages.routes(),
     ]
 

@@ -29,7 +29,7 @@ from yunnao.runtimes.adapters.sandbox.status import sandbox_status
 from yunnao.runtimes.gateway import usage_stats
 from yunnao.runtimes.gateway.v2 import tensor_specs, v2_callable
 
-from . import access_panel, authors, charts, forms, i18n, snippets, sso, text, tryit
+from . import access_panel, authors, charts, forms, i18n, review_panel, snippets, sso, text, tryit
 from .names import Namer
 
 _HERE = Path(__file__).parent
@@ -65,6 +65,7 @@ def _render(request: Request, template: str, status: int = 200, **context: Any) 
         ).allowed,
         may_publish=authors.may_publish(identity, settings.node_id),
         may_assess=access.decide(identity, Action.AUDIT, access.Entry(settings.node_id)).allowed,
+        may_review=access.decide(identity, Action.REVIEW, access.Entry(settings.node_id)).allowed,
         **context,
     )
     return HTMLResponse(html, status_code=status, headers={"Content-Language": lang})
@@ -283,6 +284,7 @@ async def capability(request: Request) -> Response:
         callable_=current is not None and current.status in ("published", "deprecated"),
         author_actions=authors.version_actions(identity, cap, versions, store.node_id),
         access_request=await access_panel.panel(request, cap),
+        reviews=await review_panel.panel(request, cap),
     )
 
 

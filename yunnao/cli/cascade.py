@@ -258,6 +258,10 @@ def diff(peer: str, repair: bool, timeout: float, node: Node) -> None:
                     console.print(f"  {key}", highlight=False)
                 if len(keys) > 200:
                     console.print(f"  … {len(keys) - 200} more (--json for all)")
+        held = data.get("held") or []
+        if held:
+            console.print(f"held for review here ({len(held)}): not in the catalog on purpose "
+                          "(`yunnao review list`)", highlight=False)  # fmt: skip
         if not any(found.values()):
             console.print("[green]in agreement[/green]")
         elif data["repaired"]:
