@@ -421,7 +421,7 @@ class Applier:
             elif entity == "usage":
                 usage_items.apply(s, entry)
             elif entity == "review":
-                take_decision(s, entry)
+                take_decision(s, self.node_id, entry)
             elif entity == "capability" and item["op"] == "delete":
                 replica.delete_capability(s, entry["namespace"], entry["name"], at=at)
             elif entity == "capability":

@@ -47,6 +47,7 @@ from yunnao.registry.tables import (
     ReviewUpward,
     utcnow,
 )
+from yunnao.registry.webhooks import events as webhook_events
 
 from .feed import append_signed
 from .items import review_key
@@ -145,6 +146,7 @@ class Reviews:
         now = utcnow()
         out: list[dict[str, Any]] = []
         held = 0
+        asked: dict[tuple[str, str], dict[str, Any]] = {}  # review.requested events
         for item in items:
             if item["entity"] not in ("capability", "version"):
                 out.append(item)
@@ -155,14 +157,16 @@ class Reviews:
                 self._insert(s, pair, item, via, "approved", now, by="before review")
                 state = states[pair] = "approved"
             if item["op"] == "delete":
+                # Gone at the child: nothing held stays, and one made again under the
+                # name is a new capability, reviewed afresh.
                 s.execute(_held.delete().where(_held.c.namespace == pair[0],
                                                _held.c.name == pair[1]))  # fmt: skip
+                s.execute(_review.delete().where(_review.c.namespace == pair[0],
+                                                 _review.c.name == pair[1]))  # fmt: skip
+                states.pop(pair, None)
+                asked.pop(pair, None)
                 if state == "approved":
                     out.append(item)  # the catalog had it: the deletion goes on up
-                else:  # never shown here: nothing to delete, and no decision to wait for
-                    s.execute(_review.delete().where(_review.c.namespace == pair[0],
-                                                     _review.c.name == pair[1]))  # fmt: skip
-                    states.pop(pair, None)
                 continue
             if state is None:
                 if rules is None:
@@ -175,12 +179,15 @@ class Reviews:
                              rule_id=rule.id if rule else None)  # fmt: skip
                 states[pair] = state
                 self._announce(s, pair, state, None, now if rule else None)
+                if state == "pending":
+                    asked[pair] = {"via": via, "origin": item["origin"], "again": False}
             elif state == "refused":  # sent again after a refusal: back in the queue
                 s.execute(_review.update().where(
                     _review.c.namespace == pair[0], _review.c.name == pair[1]
                 ).values(state="pending", arrived_at=now))  # fmt: skip
                 state = states[pair] = "pending"
                 self._announce(s, pair, "pending", None, None)
+                asked[pair] = {"via": via, "origin": item["origin"], "again": True}
             if state == "approved":
                 out.append(item)
                 continue
@@ -191,6 +198,13 @@ class Reviews:
                     _review.c.namespace == pair[0], _review.c.name == pair[1]
                 ).values(title=str(item["entry"].get("title", ""))[:200],
                          classification=_classification(item)))  # fmt: skip
+        events = [
+            webhook_events.Event("review.requested", {
+                "namespace": ns, "name": name, "origin": why["origin"], "via": why["via"],
+                "again": why["again"], "path": f"/v1/cascade/reviews/{ns}/{name}",
+            }) for (ns, name), why in asked.items()
+        ]  # fmt: skip
+        webhook_events.enqueue(s.connection(), self.node_id, events)  # in this transaction
         return out, held
 
     def _states(self, s: Session, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -397,9 +411,10 @@ class Reviews:
         return bool(s.execute(_rule.delete().where(_rule.c.id == rule_id)).rowcount)
 
 
-def take_decision(s: Session, entry: dict[str, Any]) -> None:
-    """At a child: keep a decision a node above sent down about one of this node's
-    subtree's capabilities (the newest per capability and reviewer)."""
+def take_decision(s: Session, node_id: str, entry: dict[str, Any]) -> None:
+    """At a child (``node_id``): keep a decision a node above sent down about one of
+    this node's subtree's capabilities (the newest per capability and reviewer), and
+    tell the subscriptions of its namespace (and of the node) in this transaction."""
     where = (
         _upward.c.namespace == entry["namespace"],
         _upward.c.name == entry["name"],
@@ -411,6 +426,10 @@ def take_decision(s: Session, entry: dict[str, Any]) -> None:
         state=entry["state"], reason=entry.get("reason"), received_at=utcnow(),
         decided_at=_instant(entry.get("decided_at")),
     ))  # fmt: skip
+    data = {k: entry.get(k) for k in ("namespace", "name", "reviewer", "state", "reason",
+                                      "decided_at")}  # fmt: skip
+    event = webhook_events.Event("review.decided", data, entry["namespace"])
+    webhook_events.enqueue(s.connection(), node_id, [event])
 
 
 def decisions(s: Session, namespace: str, name: str) -> list[Decision]:

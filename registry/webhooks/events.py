@@ -33,8 +33,13 @@ EVENTS: dict[str, str] = {
     "cascade.entry_arrived": "a capability or version arrived from a linked node",
     "peer.unreachable": "a linked node stopped answering",
     "peer.reachable": "a linked node answers again",
+    "review.requested": "a capability from a child node waits for this node's review",
+    "review.decided": "a node above decided about one of this node's capabilities "
+    "(pending, approved, or refused with a reason)",
 }
-NODE_ONLY = frozenset({"cascade.entry_arrived", "peer.unreachable", "peer.reachable"})
+NODE_ONLY = frozenset(
+    {"cascade.entry_arrived", "peer.unreachable", "peer.reachable", "review.requested"}
+)
 TEST = "webhook.test"  # sent by `yunnao webhook test`, to that subscription only
 
 _hooks = Webhook.__table__  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ send no decision up, a parent none about another subtree."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,17 @@ from yunnao.cascade.apply import Applier
 from yunnao.cascade.feed import Feed, make_item
 from yunnao.cascade.items import review_key
 from yunnao.cascade.peers import PeerStore
-from yunnao.cascade.policy import Reader
+from yunnao.cascade.policy import Reader, may_send, refusal
 from yunnao.cascade.review import decisions
 from yunnao.plugins.errors import Conflict, NotFound
 from yunnao.registry import db
-from yunnao.registry.access import ANONYMOUS
+from yunnao.registry.access import ANONYMOUS, Identity
 from yunnao.registry.db import read_session
 from yunnao.registry.identity import tokens
+from yunnao.registry.outbound import OutboundGuard
 from yunnao.registry.search import SearchQuery
 from yunnao.registry.store import RegistryStore
+from yunnao.registry.webhooks.subscriptions import NewWebhook, Webhooks
 
 CITY = "sd"
 
@@ -250,3 +253,66 @@ def test_review_off_applies_at_once(database_url: str, district: Node) -> None:
             assert city.applier.reviews.get(s, NS, "flow").decided_by == "before review"
     finally:
         engine.dispose()
+
+
+def _outbox(engine: sa.Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT payload FROM webhook_delivery ORDER BY seq")).all()
+    return [json.loads(p) for (p,) in rows]
+
+
+def test_webhooks_tell_the_reviewers_and_the_district(city: City, district: Node) -> None:
+    operator = Identity(subject="ops", role="operator", scopes=(CITY,), issuer=CITY, node=CITY)
+    hooks = Webhooks(city.engine, CITY, OutboundGuard())
+    url = "https://hooks.example.org/review"
+    hooks.create(operator, NewWebhook(scope=CITY, url=url, events=["review.requested"]))
+    state = district.client.app.state  # type: ignore[attr-defined]
+    author = Identity(subject="d", role="author", scopes=(NS,), issuer=NODE_ID, node=NODE_ID)
+    state.webhooks.create(author, NewWebhook(
+        scope=NS, url="https://hooks.example.org/district", events=["review.decided"]))  # fmt: skip
+
+    district.publish(NS, "flow", classification="public")
+    district.publish(NS, "flow", version="1.0.1", classification="public")
+    city.sync()
+    asked = [d["data"] for d in _outbox(city.engine)]
+    assert [(a["namespace"], a["name"], a["origin"], a["again"]) for a in asked] == [
+        (NS, "flow", NODE_ID, False)  # once, not once per item
+    ]
+    city.applier.refuse(NS, "flow", by="reviewer-1", reason="缺少说明")
+    _keep_at_district(district, city, city.down())
+    told = [(d["type"], d["data"]["state"], d["data"]["reason"])
+            for d in _outbox(state.cascade.feed.engine)]  # fmt: skip
+    # Replication is state-based: the district, reading after the refusal, gets that only.
+    assert told == [("review.decided", "refused", "缺少说明")]
+
+
+def test_deleted_then_made_again_is_reviewed_afresh(city: City, district: Node) -> None:
+    district.publish(NS, "flow", classification="public")
+    city.sync()
+    city.applier.release(NS, "flow", by="reviewer-1")
+    assert district.client.delete(f"/v1/capabilities/{NS}/flow",
+                                  headers=district.auth()).status_code == 204  # fmt: skip
+    city.sync()
+    assert city.found("flow") == set()
+    assert ("capability", f"{NS}/flow") in city.up()  # the deletion travels up
+    district.publish(NS, "flow", version="2.0.0", classification="public")
+    assert city.sync().held == 2
+    with city.store.transaction() as s:
+        assert city.applier.reviews.get(s, NS, "flow").state == "pending"
+
+
+def test_a_grandparents_decision_reaches_the_district_through_its_parent() -> None:
+    """The province reviews what the city passed on; its decision goes down through the
+    city (which keeps it, as it keeps every item it passes down) to the district, and
+    never up."""
+    ns = "sd.qd.shinan.traffic"
+    item = {"origin": "sd", "entity": "review", "key": review_key(ns, "flow", "sd"),
+            "op": "upsert", "entry": {"namespace": ns, "name": "flow", "reviewer": "sd",
+                                      "state": "approved"}}  # fmt: skip
+    assert may_send(item, this_node="sd", reader=Reader("child", "sd.qd"))
+    assert not may_send(item, this_node="sd", reader=Reader("child", "sd.yt"))
+    assert refusal(item, this_node="sd.qd", peer="sd", relation="parent") is None
+    assert may_send(item, this_node="sd.qd", reader=Reader("child", "sd.qd.shinan"))
+    assert not may_send(item, this_node="sd.qd", reader=Reader("parent"))
+    assert not may_send(item, this_node="sd.qd", reader=Reader("child", "sd.qd.laoshan"))
+    assert refusal(item, this_node="sd.qd.shinan", peer="sd.qd", relation="parent") is None
