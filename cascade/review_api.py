@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from starlette.requests import Request
 from starlette.responses import Response
 
-from yunnao.plugins.errors import NotFound
+from yunnao.plugins.errors import NotFound, Unauthorized
 from yunnao.registry import names
 from yunnao.registry.access import Action, Identity, require
 from yunnao.registry.api import Endpoint
@@ -281,6 +281,8 @@ async def show_decisions(request: Request) -> Response:
     p = request.path_params
     store = request.app.state.catalog.store
     identity = identity_of(request)
+    if not identity.authenticated:
+        raise Unauthorized("sign in to read review decisions")
     await anyio.to_thread.run_sync(store.describe, identity, p["namespace"], p["name"])
 
     def read() -> list[DecisionOut]:
@@ -341,6 +343,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/v1/cascade/decisions/{namespace}/{name}", show_decisions, "cascadeDecisions",
         "What the nodes above decided about one of this node's capabilities (审核中 / 已通过 / "
-        "未通过)", tag="review", response=DecisionList, errors=(401, 404),
+        "未通过)", tag="review", response=DecisionList, errors=(401, 404), auth="required",
     ),
 )  # fmt: skip

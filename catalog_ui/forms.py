@@ -1,9 +1,9 @@
 """JSON Schemas as people read and fill them: a table of fields, and the "try it" form.
 
 The form has one control per top-level property: a select for an enum, a checkbox for a
-boolean, a number or text box for scalars, and a JSON text area for arrays and objects
-(tensors included). An input schema that is not an object of properties gets one JSON
-text area for the whole input.
+boolean, a number or text box for scalars, a file picker for an image or file, and a
+JSON text area for arrays and objects (tensors included). An input schema that is not
+an object of properties gets one JSON text area for the whole input.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from yunnao.plugins.errors import BadRequest, FieldError, ValidationFailed
+from yunnao.plugins.media import FORMATS, encoded
 from yunnao.registry.http import parse_json
 
 _CONSTRAINTS = (
@@ -55,6 +56,12 @@ def type_text(schema: dict[str, Any], root: dict[str, Any]) -> str:
     schema = resolve(schema, root)
     if "enum" in schema:
         return " | ".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
+    described = schema.get("x-image")
+    if isinstance(described, dict):
+        formats = ", ".join(str(f).upper() for f in described.get("formats") or ())
+        return f"image ({formats})" if formats else "image"
+    if isinstance(schema.get("x-file"), dict):
+        return "file"
     kind = schema.get("type")
     if isinstance(kind, list):
         return " | ".join(map(str, kind))
@@ -113,13 +120,14 @@ def rows(schema: dict[str, Any], *, depth: int = 2) -> list[Row]:
 @dataclass(frozen=True)
 class Field:
     name: str
-    control: str  # select | checkbox | number | integer | text | json
+    control: str  # select | checkbox | number | integer | text | json | file
     label: str
     required: bool
     value: str  # as shown in the control
     options: tuple[str, ...] = ()
     checked: bool = False
     help: str = ""
+    accept: str = ""  # a file control's media types
 
 
 WHOLE = "__input__"  # the one field of a form for a non-object input schema
@@ -140,7 +148,14 @@ def fields(schema: dict[str, Any], example: Any = None) -> list[Field]:
         value = given.get(name, p.get("default"))
         kind = p.get("type")
         help_text = str(p.get("description") or "")
-        if "enum" in p:
+        if isinstance(p.get("x-image"), dict) or isinstance(p.get("x-file"), dict):
+            described = p.get("x-image") or {}
+            accept = ",".join(FORMATS[f] for f in described.get("formats", ()) if f in FORMATS)
+            if not described:
+                accept = ",".join((p.get("x-file") or {}).get("media_types") or [])
+            out.append(Field(name, "file", name, name in required, "", help=help_text,
+                             accept=accept.replace("application/octet-stream", "")))  # fmt: skip
+        elif "enum" in p:
             options = tuple(json.dumps(v, ensure_ascii=False) for v in p["enum"])
             shown = json.dumps(value, ensure_ascii=False) if value is not None else ""
             out.append(
@@ -160,13 +175,19 @@ def fields(schema: dict[str, Any], example: Any = None) -> list[Field]:
     return out
 
 
-def parse(form: dict[str, str], controls: list[Field]) -> Any:
+def parse(form: dict[str, Any], controls: list[Field]) -> Any:
     """The input a submitted form means, or 422 naming each field that is not what its
-    control takes (the gateway then checks the input against the schema)."""
+    control takes (the gateway then checks the input against the schema). A file
+    control's value is the uploaded file's bytes, sent on as base64."""
     errors: list[FieldError] = []
     data: dict[str, Any] = {}
     for f in controls:
-        raw = form.get(f.name, "")
+        if f.control == "file":
+            sent = form.get(f.name)
+            if isinstance(sent, bytes) and sent:
+                data[f.name] = encoded(sent)
+            continue
+        raw = str(form.get(f.name, ""))
         if f.control == "checkbox":
             data[f.name] = raw == "true"
             continue

@@ -8,6 +8,7 @@ available beside it (the template's ``<details>``)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from .forms import resolve
 Translate = Callable[..., str]
 MAX_ROWS = 200  # longer lists show their first rows; the raw JSON has them all
 MAX_TEXT = 300
+_BASE64 = re.compile(r"[A-Za-z0-9+/=]*")
 
 
 def number(value: float | int, integer: bool = False) -> str:
@@ -53,6 +55,20 @@ def _compact(value: Any) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
+_PICTURE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+def _picture(value: str, schema: dict[str, Any]) -> Markup:
+    """An image output, shown as the picture it is (a data: URI of its own type only)."""
+    kind = str(schema["x-image"].get("output") or "image/png")
+    if kind not in _PICTURE_TYPES or not _BASE64.fullmatch(value[:4096]):
+        return escape(value[:MAX_TEXT])
+    title = str(schema.get("title") or "")
+    return Markup('<img class="output-image" alt="{}" src="data:{};base64,{}">').format(
+        title, kind, value
+    )
+
+
 class _View:
     def __init__(self, root: dict[str, Any], _: Translate) -> None:
         self.root = root
@@ -71,6 +87,8 @@ class _View:
             return Markup('<span class="num">{}</span>').format(
                 number(value, schema.get("type") == "integer")
             )
+        if isinstance(value, str) and isinstance(schema.get("x-image"), dict):
+            return _picture(value, schema)
         if isinstance(value, str):
             return escape(value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 1] + "…")
         if depth >= 3 or "x-tensor" in schema:

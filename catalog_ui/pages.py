@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from yunnao.cascade.peers import PeerStatus
 from yunnao.plugins.errors import FieldError, Forbidden, NotFound, ValidationFailed, YunnaoError
+from yunnao.plugins.media import media_fields
 from yunnao.registry import access, names, schemas, search
 from yunnao.registry.access import Action, Identity
 from yunnao.registry.health_view import add_health
@@ -275,7 +276,13 @@ async def capability(request: Request) -> Response:
         output_rows=forms.rows(current.output_schema) if current else [],
         controls=forms.fields(current.input_schema, example) if current else [],
         snippets=snippets.snippets(
-            str(request.base_url).rstrip("/"), namespace, name, sample, tensors, anonymous=anyone
+            str(request.base_url).rstrip("/"),
+            namespace,
+            name,
+            sample,
+            tensors,
+            anonymous=anyone,
+            files=media_fields(dict(current.input_schema)) if current else None,
         ),
         anyone=anyone,
         down_since=authors.beijing(cap.health.since if cap.health else None),

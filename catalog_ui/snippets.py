@@ -92,11 +92,19 @@ def snippets(
     tensors: dict[str, Any] | None,
     *,
     anonymous: bool,
+    files: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     """The snippets for ``namespace/name``: ``example`` is an input to show, ``tensors``
     the V2 inputs (None where V2 cannot call it: no tritonclient snippet), ``anonymous``
-    whether the entry may be called without a token."""
+    whether the entry may be called without a token, ``files`` its image and file
+    fields (then the calls upload files from disk, as multipart/form-data)."""
     url = f"{base_url}/v1/invoke/{namespace}/{name}"
+    if files:
+        out = _uploads(url, example if isinstance(example, dict) else {}, files, anonymous)
+        if tensors:
+            out["tritonclient"] = _triton(base_url, namespace, name, example, tensors, anonymous,
+                                          files=files)  # fmt: skip
+        return out
     body = json.dumps({"input": example if example is not None else {}}, ensure_ascii=False)
     curl = [f"curl -X POST {shlex.quote(url)} \\", '  -H "Content-Type: application/json" \\']
     if anonymous:
@@ -127,6 +135,42 @@ def snippets(
     return out
 
 
+def file_name(field: str, described: dict[str, Any]) -> str:
+    """A file name to show for an upload field: ``frame.jpg``, ``report.bin``."""
+    formats = described.get("formats") or []
+    ext = {"jpeg": "jpg"}.get(formats[0], formats[0]) if formats else "bin"
+    return f"{field}.{ext}"
+
+
+def _uploads(
+    url: str, example: dict[str, Any], files: dict[str, dict[str, Any]], anonymous: bool
+) -> dict[str, str]:
+    """curl and Python uploading the files from disk, the other fields as form values."""
+    values = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+              for k, v in example.items() if k not in files}  # fmt: skip
+    curl = [f"curl -X POST {shlex.quote(url)} \\"]
+    python = ["import httpx", ""]
+    call_headers = ""
+    if not anonymous:
+        curl = [
+            f"# {TOKEN_VAR}: {TOKEN_HINT}",
+            *curl,
+            f'  -H "Authorization: Bearer ${{{TOKEN_VAR}:?set {TOKEN_VAR} to {TOKEN_HINT}}}" \\',
+        ]
+        python = ["import os", "import sys", "", "import httpx", "", *_python_token(), ""]
+        call_headers = "    headers=headers,\n"
+    parts = [f"-F {shlex.quote(f'{n}=@{file_name(n, d)}')}" for n, d in files.items()]
+    parts += [f"-F {shlex.quote(f'{k}={v}')}" for k, v in values.items()]
+    curl += [f"  {p} \\" for p in parts[:-1]] + [f"  {parts[-1]}"]
+    opened = ", ".join(f"{n!r}: open({file_name(n, d)!r}, 'rb')" for n, d in files.items())
+    data = f"    data={values!r},\n" if values else ""
+    python.append(
+        f"answer = httpx.post(\n    {url!r},\n    files={{{opened}}},\n{data}{call_headers}"
+        "    timeout=60,\n)\nanswer.raise_for_status()\nprint(answer.json()['output'])"
+    )
+    return {"curl": "\n".join(curl), "python": "\n".join(python)}
+
+
 def _triton(
     base_url: str,
     namespace: str,
@@ -134,6 +178,7 @@ def _triton(
     example: Any,
     tensors: dict[str, Any],
     anonymous: bool,
+    files: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     host = base_url.split("://", 1)[-1]
     lines = [] if anonymous else ["import os", "import sys", ""]
@@ -147,6 +192,14 @@ def _triton(
     lines += [f"client = triton.InferenceServerClient({host!r})", "inputs = []"]
     given = example if isinstance(example, dict) else {}
     for tname, (dtype, _shape) in tensors.items():
+        if files and tname in files:  # the file's own bytes, as binary data
+            lines += [
+                f"tensor = np.array([open({file_name(tname, files[tname])!r}, 'rb').read()], "
+                "dtype=object)",
+                f"inputs.append(triton.InferInput({tname!r}, [1], 'BYTES'))",
+                "inputs[-1].set_data_from_numpy(tensor, binary_data=True)",
+            ]
+            continue
         value = given.get(tname)
         np_type = _NP_TYPES.get(dtype, "float32")
         data = f"np.array({value!r}, dtype=np.{np_type})" if value is not None else "..."

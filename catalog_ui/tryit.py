@@ -10,12 +10,34 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.types import Message
 
 from yunnao.plugins.errors import ValidationFailed, YunnaoError
+from yunnao.registry.http import read_body
 from yunnao.registry.identity.middleware import identity_of
 
 from . import forms, i18n, outputs, problems_i18n
+
+
+async def _form(request: Request) -> dict[str, Any]:
+    """The posted form: text as text, an uploaded file as its bytes. The body is read
+    first, within the node's upload limit, so a huge upload is refused (413) unread."""
+    invoker = request.app.state.invoker
+    raw = await read_body(request, invoker.max_upload_bytes)
+
+    async def replay() -> Message:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=16, max_fields=64)
+    try:
+        out: dict[str, Any] = {}
+        for key, value in form.items():
+            out[key] = await value.read() if isinstance(value, UploadFile) else str(value)
+        return out
+    finally:
+        await form.close()
 
 
 def _problem(exc: YunnaoError) -> dict[str, Any]:
@@ -50,7 +72,7 @@ async def outcome(request: Request, check: Callable[[Request], None]) -> dict[st
     result: dict[str, Any]
     try:
         check(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        form = await _form(request)
         answer = await gateway.call(
             identity_of(request),
             namespace,

@@ -483,6 +483,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         default_timeout=settings.invoke_timeout,
         max_timeout=settings.max_invoke_timeout,
         max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=max(settings.max_upload_bytes, settings.max_body_bytes),
     )
     app.state.cascade = cascade_api.Cascade(
         node_id=node_id,

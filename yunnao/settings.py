@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")
+    max_upload_bytes: int = Field(
+        20 << 20,
+        ge=1024,
+        description="largest call body to a capability with image or file inputs (a form, a "
+        "raw file, or JSON carrying base64 files)",
+    )
     max_package_bytes: int = Field(
         50 << 20, ge=1024, description="largest package archive an author may upload"
     )

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
 from yunnao.plugins.errors import FieldError, ValidationFailed
+from yunnao.plugins.media import media_fields
 from yunnao.registry import schemas
 from yunnao.registry.access import Action, require
 from yunnao.registry.api import Endpoint
@@ -26,6 +27,7 @@ from yunnao.registry.http import (
 from yunnao.registry.identity.forwarded import forwarded
 from yunnao.registry.identity.middleware import identity_of
 
+from . import media
 from .core import Gateway
 from .idempotency import Idempotency
 from .jobs import Jobs
@@ -41,6 +43,7 @@ class Invoker:
     default_timeout: float = 30.0
     max_timeout: float = 300.0
     max_body_bytes: int = 1 << 20
+    max_upload_bytes: int = 20 << 20  # a call to a capability with image or file inputs
 
 
 class InvokeRequest(BaseModel):
@@ -98,6 +101,22 @@ async def _envelope(request: Request, max_bytes: int) -> InvokeRequest:
     return validate_model(InvokeRequest, data)
 
 
+async def _json_limit(request: Request, identity: Any, namespace: str, name_ref: str) -> int:
+    """How large a JSON call body may be: the node's limit, or, for a capability with
+    image or file inputs (base64 in the JSON), the upload limit. Only a body larger than
+    the node's limit (or of unknown length) resolves the call to find out."""
+    invoker = _invoker(request)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) <= invoker.max_body_bytes:
+        return invoker.max_body_bytes
+    call = await invoker.gateway.resolve(identity, namespace, name_ref)
+    return (
+        invoker.max_upload_bytes
+        if media_fields(call.target.input_schema)
+        else invoker.max_body_bytes
+    )
+
+
 def _wants_async(request: Request) -> bool:
     prefer = request.headers.get("prefer", "")
     return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
@@ -109,7 +128,7 @@ async def invoke(request: Request) -> Response:
         return await _invoke(request)
     # Once per key: the body is read here (for the request's fingerprint) and replayed.
     invoker = _invoker(request)
-    raw = await read_body(request, invoker.max_body_bytes)
+    raw = await read_body(request, invoker.max_upload_bytes)  # the route's own limit follows
 
     async def replay() -> Message:
         return {"type": "http.request", "body": raw, "more_body": False}
@@ -132,7 +151,16 @@ async def _invoke(request: Request) -> Response:
             errors=[FieldError("Prefer", "respond-async is not for forwarded calls")],
         )
     namespace, name_ref = request.path_params["namespace"], request.path_params["name"]
-    body = await _envelope(request, invoker.max_body_bytes)
+    if media.is_upload(request):  # a form or a raw file: read once the call is resolved
+        resolved = await gateway.resolve(identity, namespace, name_ref)
+        given = await media.read_upload(
+            request, resolved.target.input_schema, invoker.max_upload_bytes
+        )
+        body = InvokeRequest.model_construct(
+            input=given, timeout=media.form_timeout(request), callback_url=None
+        )
+    else:
+        body = await _envelope(request, await _json_limit(request, identity, namespace, name_ref))
     timeout = body.timeout or invoker.default_timeout
     if timeout > invoker.max_timeout:
         raise ValidationFailed(
@@ -145,6 +173,7 @@ async def _invoke(request: Request) -> Response:
         call = await gateway.admitted(identity, namespace, name_ref, client=client)
         headers = {"Deprecation": "true"} if call.deprecated else {}
         inputs = gateway.validate(call.target, "input", body.input)
+        await gateway.check_media(call.target, inputs)
         callback_url = None
         if body.callback_url is not None:  # never into the node's network (422)
             callback_url = await invoker.jobs.check_callback(str(body.callback_url))

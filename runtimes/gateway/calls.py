@@ -1,5 +1,6 @@
 """What one call is to the gateway: the version a reference resolves to and where it
-runs (:class:`Call`, :func:`target_for`), and what :meth:`Gateway.call` answers."""
+runs (:class:`Call`, :func:`target_for`), what :meth:`Gateway.call` answers, and how a
+JSON Schema's violations read as field errors (:func:`schema_errors`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
+from yunnao.plugins.errors import FieldError
 from yunnao.registry.models import own_model_version
 from yunnao.registry.store import Resolution
 
@@ -86,3 +90,21 @@ def target_for(resolution: Resolution) -> Target:
         return target
     config = {"node": resolution.via_node, "origin": resolution.origin_node}
     return dataclasses.replace(target, runtime="remote", config=config)
+
+
+def schema_errors(validator: Draft202012Validator, data: Any, prefix: str) -> list[FieldError]:
+    """JSON Schema violations as field errors (``input.readings[2]``: message)."""
+    out = []
+    for err in validator.iter_errors(data):
+        path = prefix
+        for part in err.absolute_path:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else ""
+            out.append(FieldError(f"{path}.{missing}", "field required"))
+        elif err.validator == "additionalProperties":
+            extra = set(err.instance) - set(err.schema.get("properties", {}))
+            out.extend(FieldError(f"{path}.{k}", "unknown field") for k in sorted(extra))
+        else:
+            out.append(FieldError(path, err.message))
+    return sorted(out, key=lambda e: e.field)

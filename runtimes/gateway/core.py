@@ -50,6 +50,7 @@ from yunnao.plugins.errors import (
     YunnaoError,
 )
 from yunnao.plugins.loader import Plugins
+from yunnao.plugins.media import media_fields
 from yunnao.registry import names
 from yunnao.registry.access import Action, Entry, Identity, access_rules, decide
 from yunnao.registry.identity.forwarded import forwarded
@@ -58,7 +59,8 @@ from yunnao.registry.store import RegistryStore, Resolution
 
 from ..adapters.base import CallContext, Target, current_call
 from ..adapters.manager import Runtimes
-from .calls import Answer, Call, Inputs, split_ref, target_for
+from . import media
+from .calls import Answer, Call, Inputs, schema_errors, split_ref, target_for
 from .metrics import Metrics
 from .ratelimit import MemoryLimiter, RateLimiter
 from .usage import Usage, UsageLog
@@ -67,24 +69,6 @@ log = logging.getLogger("yunnao.gateway")
 
 # Deploying (loading a model, starting a deployment) is not part of a call's timeout.
 DEPLOY_TIMEOUT = 300.0
-
-
-def schema_errors(validator: Draft202012Validator, data: Any, prefix: str) -> list[FieldError]:
-    """JSON Schema violations as field errors (``input.readings[2]``: message)."""
-    out = []
-    for err in validator.iter_errors(data):
-        path = prefix
-        for part in err.absolute_path:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
-        if err.validator == "required":
-            missing = err.message.split("'")[1] if "'" in err.message else ""
-            out.append(FieldError(f"{path}.{missing}", "field required"))
-        elif err.validator == "additionalProperties":
-            extra = set(err.instance) - set(err.schema.get("properties", {}))
-            out.extend(FieldError(f"{path}.{k}", "unknown field") for k in sorted(extra))
-        else:
-            out.append(FieldError(path, err.message))
-    return sorted(out, key=lambda e: e.field)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -129,6 +113,7 @@ class Gateway:
         self._cache: dict[tuple[str, str, str | None], tuple[float, int, Resolution, Target]] = {}
         self._entries: dict[int, tuple[Resolution, Entry]] = {}  # id(resolution) -> its entry
         self._validators: dict[tuple[str, str, str], Draft202012Validator] = {}
+        self._media: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
         self._locks: dict[tuple[str, str, str | None], asyncio.Lock] = {}
 
     # ------------------------------------------------------------ the entry point
@@ -362,6 +347,20 @@ class Gateway:
 
     # ------------------------------------------------------------ validation
 
+    def media_of(self, target: Target) -> dict[str, dict[str, Any]]:
+        """The image and file fields of ``target``'s input (cached per version)."""
+        key = (target.id, "media", target.content_hash)
+        if key not in self._media:
+            self._media[key] = media_fields(target.input_schema)
+        return self._media[key]
+
+    async def check_media(self, target: Target, inputs: Any) -> None:
+        """Refuse a file of ``inputs`` that is too large (413) or not a readable image of
+        an accepted format (422), naming the field, before any runtime sees it."""
+        found = self.media_of(target)
+        if found:
+            await anyio.to_thread.run_sync(media.check, found, inputs)
+
     def validate(self, target: Target, which: str, data: Any) -> Any:
         """``data`` checked against the target's input or output schema."""
         key = (target.id, which, target.content_hash)
@@ -416,6 +415,8 @@ class Gateway:
                 inputs = self.validate(target, "input", inputs)
             elif not isinstance(inputs, dict):
                 self.validate(target, "input", inputs)  # raises: not an object
+            if self.media_of(target):  # images and files: opened before any runtime
+                await self.check_media(target, inputs)
             invocation = Invocation(target.id, inputs, identity.subject, request_id)
             if hooks:
                 invocation = self.plugins.before_invoke(

@@ -6,12 +6,14 @@ A capability ``namespace/name`` is the V2 model ``namespace.name`` (names have n
 dots, so the last dot splits them); V2 model versions are capability versions. Each
 top-level input field is a V2 input: an ``x-tensor`` field has its declared datatype
 and shape; a number, integer, boolean or string field is a one-element FP64, INT64,
-BOOL or BYTES tensor. Outputs map the same way (a result that is not an object is
-the single output ``output``); a capability with an output that does not map is refused
-(400 naming it) rather than answered with fewer outputs. Both JSON and the binary tensor extension
-(``Inference-Header-Content-Length``) are understood, in requests and responses.
-Calls take the gateway's path (access, validation, hooks, runtime, usage records).
-Errors are problem documents that also carry V2's ``error`` member.
+BOOL or BYTES tensor; an image or file field is a one-element BYTES tensor (the file's
+bytes in binary data, its base64 text in JSON). Outputs map the same way (a result that
+is not an object is the single output ``output``); a capability with an output that
+does not map is refused (400 naming it) rather than answered with fewer outputs. Both
+JSON and the binary tensor extension (``Inference-Header-Content-Length``) are
+understood, in requests and responses. Calls take the gateway's path (access,
+validation, hooks, runtime, usage records). Errors are problem documents that also
+carry V2's ``error`` member.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from yunnao.plugins.errors import BadRequest, FieldError, NotFound, ValidationFailed, YunnaoError
+from yunnao.plugins.media import encoded, media_fields, payload
 from yunnao.plugins.tensor import DATATYPES
 from yunnao.registry.api import Endpoint
 from yunnao.registry.http import parse_json, read_body
@@ -182,19 +185,24 @@ async def model_ready(request: Request) -> Response:
 # ---------------------------------------------------------------- inference
 
 
-def _decode_bytes(raw: bytes) -> list[str]:
-    items, at = [], 0
+def _decode_bytes(raw: bytes, *, text: bool = True) -> list[Any]:
+    """A binary BYTES tensor's elements: text, or (``text=False``, a file's) bytes."""
+    items: list[Any] = []
+    at = 0
     while at < len(raw):
         (size,) = struct.unpack_from("<I", raw, at)
-        items.append(raw[at + 4 : at + 4 + size].decode("utf-8"))
+        data = raw[at + 4 : at + 4 + size]
+        if at + 4 + size > len(raw):
+            raise ValueError(f"an element of {size} bytes runs past the data")
+        items.append(data.decode("utf-8") if text else data)
         at += 4 + size
     return items
 
 
-def _encode_bytes(items: list[str]) -> bytes:
+def _encode_bytes(items: list[str | bytes]) -> bytes:
     out = b""
     for item in items:
-        data = item.encode("utf-8")
+        data = item if isinstance(item, bytes) else item.encode("utf-8")
         out += struct.pack("<I", len(data)) + data
     return out
 
@@ -208,7 +216,13 @@ def _is_size(value: Any) -> bool:
 
 
 def _input_value(
-    i: int, tensor: dict[str, Any], spec: tuple[str, list[int]], blob: bytes, at: int
+    i: int,
+    tensor: dict[str, Any],
+    spec: tuple[str, list[int]],
+    blob: bytes,
+    at: int,
+    *,
+    file: bool = False,
 ) -> tuple[Any, int]:
     """One V2 input as the JSON value of its field; and where the next binary part starts."""
     where = f"inputs[{i}]"
@@ -247,7 +261,9 @@ def _input_value(
             if len(raw) != size:
                 raise BadRequest(f"{where} ({name}): binary data shorter than {size} bytes")
             if datatype == "BYTES":
-                values: Any = np.array(_decode_bytes(raw), dtype=object)
+                elements = _decode_bytes(raw, text=not file)
+                values: Any = np.empty(len(elements), dtype=object)
+                values[:] = elements
             else:
                 values = np.frombuffer(raw, dtype=DATATYPES[datatype])
         else:
@@ -334,8 +350,13 @@ def _inputs(target: Target, header: dict[str, Any], blob: bytes) -> dict[str, An
                 f"inputs[{i}]: {target.id} has no input {name!r} (it has: {', '.join(specs)})",
                 errors=[FieldError(f"inputs[{i}].name", "unknown input")],
             )
-        array, at = _input_value(i, tensor, specs[name], blob, at)
-        if "x-tensor" in target.input_schema["properties"][name]:
+        prop = target.input_schema["properties"][name]
+        file = "x-image" in prop or "x-file" in prop  # raw bytes, or base64 text
+        array, at = _input_value(i, tensor, specs[name], blob, at, file=file)
+        if file and array.size == 1:
+            item = array.reshape(-1)[0]
+            out[name] = encoded(item) if isinstance(item, bytes) else item
+        elif "x-tensor" in prop:
             out[name] = array.tolist()
         elif array.size == 1:
             item = array.reshape(-1)[0]
@@ -358,12 +379,16 @@ def _outputs(
     requested = {o.get("name"): o.get("parameters") or {} for o in header.get("outputs") or []}
     binary_default = bool(params.get("binary_data_output"))
     results, blobs = [], []
+    props = schema.get("properties") or {"output": schema}
     for name, (datatype, _) in specs.items():
         if requested and name not in requested:
             continue
         value = values.get(name) if isinstance(values, dict) else None
         if value is None:
             continue
+        prop = props.get(name) or {}
+        if ("x-image" in prop or "x-file" in prop) and isinstance(value, str):
+            value = _file_output(value, requested.get(name, {}).get("binary_data", binary_default))
         dtype = object if datatype == "BYTES" else DATATYPES[datatype]
         array = np.asarray(value, dtype=dtype)
         if array.ndim == 0:
@@ -371,7 +396,7 @@ def _outputs(
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if requested.get(name, {}).get("binary_data", binary_default):
             raw = (
-                _encode_bytes([str(v) for v in array.reshape(-1)])
+                _encode_bytes([v if isinstance(v, bytes) else str(v) for v in array.reshape(-1)])
                 if datatype == "BYTES"
                 else array.tobytes()
             )
@@ -387,13 +412,26 @@ def _outputs(
     return results, blobs
 
 
+def _file_output(value: str, binary: bool) -> str | bytes:
+    """An image or file output: its bytes in binary data (what a tritonclient user
+    saves), its base64 text in JSON."""
+    if not binary:
+        return value
+    try:
+        return payload(value)
+    except ValueError:
+        return value
+
+
 async def infer(request: Request) -> Response:
     invoker = request.app.state.invoker
     namespace, _ = _model(request)
     header: dict[str, Any] = {}
 
     async def inputs(call: Call) -> dict[str, Any]:
-        raw = await read_body(request, invoker.max_body_bytes)
+        files = media_fields(dict(call.target.input_schema))
+        limit = invoker.max_upload_bytes if files else invoker.max_body_bytes
+        raw = await read_body(request, limit)
         length = request.headers.get(HEADER_LENGTH)
         if length is not None:
             if not length.isdigit() or int(length) > len(raw):

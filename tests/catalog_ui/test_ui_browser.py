@@ -6,6 +6,7 @@ temporary directory; with ``YUNNAO_UI_SCREENSHOTS=docs`` the ones the docs show 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -13,7 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image as PILImage
 from playwright.sync_api import Page, expect
 
 from tests.realservers.yunnao_node import YUNNAO, YunnaoProcess
@@ -28,6 +31,7 @@ DOCS_NAMES = {
     "search_facet_open_try_and_see_the_result",
     "the_language_switch",
     "the_operator_page_shows_a_childs_lag",
+    "try_it_uploads_a_picture_and_shows_the_picture_it_answers-upload",
 }
 
 
@@ -206,3 +210,30 @@ def test_the_operator_page_shows_a_childs_lag(
         assert response is not None and response.status == 403
     finally:
         district.stop()
+
+
+def test_try_it_uploads_a_picture_and_shows_the_picture_it_answers(
+    city: YunnaoProcess, page: Page, shot
+) -> None:
+    page.goto(f"{city.url}/c/{CITY}.urban/frame-quality")
+    picker = page.locator('#try-form input[type="file"][name="frame"]')
+    expect(picker).to_have_attribute("accept", "image/jpeg,image/png")
+    frame = np.full((48, 64, 3), 30, dtype=np.uint8)
+    frame[12:36, 16:48] = 230  # a bright block: its outline is the edge map
+    out = io.BytesIO()
+    PILImage.fromarray(frame).save(out, format="PNG")
+    picker.set_input_files({"name": "snap.png", "mimeType": "image/png", "buffer": out.getvalue()})
+    page.get_by_role("button", name="运行").click()
+    result = page.locator("#try-result .result")
+    expect(result).to_have_attribute("data-status", "200")
+    picture = result.locator('tr[data-field="edges"] img.output-image')
+    expect(picture).to_be_visible()
+    size = picture.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert size == [64, 48]  # the answered PNG, decoded by the browser
+    expect(result.locator('tr[data-field="width"]')).to_contain_text("64")
+    shot(page, "upload")
+    # A file that is not a picture: the field is named, in Chinese.
+    picker.set_input_files({"name": "x.png", "mimeType": "image/png", "buffer": b"not a png"})
+    page.get_by_role("button", name="运行").click()
+    expect(result).to_have_attribute("data-status", "422")
+    expect(result.locator('.field-errors li[data-field="input.frame"]')).to_be_visible()

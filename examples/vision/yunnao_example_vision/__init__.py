@@ -1,10 +1,13 @@
-"""Urban management plugin: image analytics on camera frames, as tensors.
+"""Urban management plugin: image analytics on camera frames, as tensors and as pictures.
 
 ``scene-stats`` takes a grayscale frame as an FP32 tensor (height × width, values
 0-1) and measures it: brightness, contrast and edge density (the share of pixels
 on a strong Sobel gradient), which city cameras use to flag obstructed, dark or
 blurred views. Being tensor-typed, it can be served by Triton and called over the V2
 inference protocol as well as with JSON.
+
+``frame-quality`` takes the snapshot itself (a JPEG or PNG upload) and answers the same
+measures with the edge map as a picture.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, Field
 
-from yunnao.plugins import Tensor, capability, hookimpl
+from yunnao.plugins import Image, Tensor, capability, hookimpl, image
 from yunnao.plugins.errors import FieldError, ValidationFailed
 from yunnao.plugins.tensor import FP32
 
@@ -85,6 +88,44 @@ def scene_stats(
     )
 
 
+class FrameReport(SceneStats):
+    width: int = Field(description="the frame's width in pixels")
+    height: int = Field(description="the frame's height in pixels")
+    edges: Image = Field(description="where the strong edges are: white on black, as PNG")
+
+
+@capability(
+    name="frame-quality",
+    title="监控截图质量检测",
+    version="1.0.0",
+    summary="Brightness, contrast and edges of a camera snapshot (JPEG or PNG), with an "
+    "edge map to see why a view was flagged",
+    kind="algorithm",
+    domain="governance",
+    tags=["vision", "camera", "quality", "image"],
+    classification="public",
+    owner="Urban Management Bureau",
+    contact="urban-data@example.gov.cn",
+    license="Apache-2.0",
+    requirements=["numpy==2.4.6", "pillow==13.0.0"],
+    runtime={"type": "inprocess"},
+)
+def frame_quality(
+    frame: image(max_bytes=8 << 20, formats=("jpeg", "png")),
+    edge_threshold: Annotated[float, Field(gt=0, le=4)] = 0.25,
+) -> FrameReport:
+    """Measures a camera snapshot: the picture is read as grayscale (0-1)."""
+    gray = frame.astype(np.float32).mean(axis=2) / 255.0
+    stats = scene_stats.target(gray, edge_threshold)
+    padded = np.zeros_like(gray, dtype=np.uint8)
+    if min(gray.shape) >= 3:
+        gx, gy = _filter(gray, _SOBEL), _filter(gray, _SOBEL.T)
+        padded[1:-1, 1:-1] = np.where(np.hypot(gx, gy) / 4.0 > edge_threshold, 255, 0)
+    return FrameReport(
+        **stats.model_dump(), width=int(frame.shape[1]), height=int(frame.shape[0]), edges=padded
+    )
+
+
 @hookimpl
 def yunnao_capabilities() -> list:
-    return [scene_stats]
+    return [scene_stats, frame_quality]
