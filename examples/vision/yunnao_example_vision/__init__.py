@@ -7,7 +7,10 @@ blurred views. Being tensor-typed, it can be served by Triton and called over th
 inference protocol as well as with JSON.
 
 ``frame-quality`` takes the snapshot itself (a JPEG or PNG upload) and answers the same
-measures with the edge map as a picture.
+measures with the edge map as a picture. With OpenCV's shipped models, ``people-detect``
+(行人检测, HOG) and ``face-blur`` (人脸打码, Haar cascade) find people and blur faces
+(:mod:`.detect`); ``crowd-level`` (人群密度等级) is a small ONNX model trained on generated
+scenes (:mod:`.crowd`, :mod:`.train`), run in process or on Triton.
 """
 
 from __future__ import annotations
@@ -128,4 +131,7 @@ def frame_quality(
 
 @hookimpl
 def yunnao_capabilities() -> list:
-    return [scene_stats, frame_quality]
+    from .crowd import CrowdLevel
+    from .detect import face_blur, people_detect
+
+    return [scene_stats, frame_quality, people_detect, face_blur, CrowdLevel]
