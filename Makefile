@@ -65,6 +65,7 @@ bench: test-deps test-servers
 	$(BIN)/python bench/judged.py
 	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/federation.py
+	$(BIN)/python bench/vision.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache bench/results

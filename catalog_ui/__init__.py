@@ -18,6 +18,7 @@ from . import (
     pages,
     reconcile_pages,
     review_pages,
+    tryit_stream,
 )
 
 ACTIONS = {
@@ -26,6 +27,7 @@ ACTIONS = {
     **naming.ACTIONS,
     **access_pages.ACTIONS,
     **review_pages.ACTIONS,
+    **tryit_stream.ACTIONS,
     reconcile_pages.repair: "uiCascadeRepair",
 }
 
@@ -42,6 +44,7 @@ def routes() -> list[BaseRoute]:
         *compare.routes(),
         *reconcile_pages.routes(),
         *review_pages.routes(),
+        *tryit_stream.routes(),
         *pages.routes(),
     ]
 

@@ -71,6 +71,14 @@ def type_text(schema: dict[str, Any], root: dict[str, Any]) -> str:
     return str(kind or "any")
 
 
+def stream_items(schema: dict[str, Any]) -> dict[str, Any]:
+    """A streaming capability's item schema (its ``$defs`` kept); any other schema as it
+    is."""
+    if not schema.get("x-stream") or not isinstance(schema.get("items"), dict):
+        return schema
+    return {**schema["items"], "$defs": schema.get("$defs", {})}
+
+
 @dataclass(frozen=True)
 class Row:
     name: str

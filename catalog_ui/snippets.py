@@ -93,12 +93,16 @@ def snippets(
     *,
     anonymous: bool,
     files: dict[str, dict[str, Any]] | None = None,
+    stream: bool = False,
 ) -> dict[str, str]:
     """The snippets for ``namespace/name``: ``example`` is an input to show, ``tensors``
     the V2 inputs (None where V2 cannot call it: no tritonclient snippet), ``anonymous``
     whether the entry may be called without a token, ``files`` its image and file
     fields (then the calls upload files from disk, as multipart/form-data)."""
     url = f"{base_url}/v1/invoke/{namespace}/{name}"
+    if stream:
+        return _streamed(url, example if isinstance(example, dict) else {}, files or {},
+                         anonymous)  # fmt: skip
     if files:
         out = _uploads(url, example if isinstance(example, dict) else {}, files, anonymous)
         if tensors:
@@ -169,6 +173,33 @@ def _uploads(
         "    timeout=60,\n)\nanswer.raise_for_status()\nprint(answer.json()['output'])"
     )
     return {"curl": "\n".join(curl), "python": "\n".join(python)}
+
+
+def _streamed(
+    url: str, example: dict[str, Any], files: dict[str, dict[str, Any]], anonymous: bool
+) -> dict[str, str]:
+    """curl and Python reading a streaming capability's items as they come."""
+    out = (_uploads(url, example, files, anonymous) if files else
+           snippets(url.rsplit("/v1/invoke/", 1)[0], *url.rsplit("/v1/invoke/", 1)[1].split("/"),
+                    example, None, anonymous=anonymous))  # fmt: skip
+    curl = out["curl"].splitlines()
+    at = next(i for i, line in enumerate(curl) if line.startswith("curl "))
+    curl.insert(at + 1, "  -N -H 'Accept: text/event-stream' \\")
+    python = (
+        out["python"]
+        .replace("answer = httpx.post(\n", "with httpx.stream(\n    'POST',\n")
+        .replace(
+            "    timeout=60,\n)\nanswer.raise_for_status()\nprint(answer.json()['output'])",
+            "    headers={**headers, 'Accept': 'text/event-stream'},\n    timeout=300,\n"
+            ") as answer:\n    for line in answer.iter_lines():  # event: item / data: {...}\n"
+            "        print(line)",
+        )
+    )
+    if anonymous:
+        python = python.replace("**headers, ", "")
+    else:
+        python = python.replace("    headers=headers,\n    headers=", "    headers=")
+    return {"curl": "\n".join(curl), "python": python}
 
 
 def _triton(

@@ -22,11 +22,12 @@ say), and its ``__call__`` does the work::
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import re
 import sys
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -83,15 +84,25 @@ class Capability:
     output_adapter: TypeAdapter[Any] = field(init=False, repr=False)
     input_schema: dict[str, Any] = field(init=False, repr=False)
     output_schema: dict[str, Any] = field(init=False, repr=False)
+    # A generator (``-> Iterator[Item]``) streams its items: ``item_adapter`` checks
+    # each, and the output schema is the list of them, marked ``x-stream``.
+    item_adapter: TypeAdapter[Any] | None = field(init=False, repr=False, default=None)
     plugin: str | None = None  # the plugin that contributed it, set when loaded
 
     def __post_init__(self) -> None:
-        self.input_model, self.output_adapter = _derive(self.name, self.target)
+        self.input_model, self.output_adapter, self.item_adapter = _derive(self.name, self.target)
         try:
             self.input_schema = self.input_model.model_json_schema()
             self.output_schema = self.output_adapter.json_schema()
         except Exception as exc:  # pydantic raises several kinds here
             raise SpecError(f"capability {self.name!r}: cannot derive JSON Schema: {exc}") from None
+        if self.item_adapter is not None:
+            self.output_schema["x-stream"] = True
+
+    @property
+    def streaming(self) -> bool:
+        """Whether it yields its output item by item (callers may stream it)."""
+        return self.item_adapter is not None
 
     # ------------------------------------------------------------ identity
 
@@ -182,10 +193,40 @@ class Capability:
                 errors=field_errors(exc, "output"),
             ) from None
 
+    def dump_item(self, value: Any) -> Any:
+        """One streamed item validated against the item type and turned into JSON data."""
+        assert self.item_adapter is not None
+        try:
+            return self.item_adapter.dump_python(
+                self.item_adapter.validate_python(value), mode="json"
+            )
+        except ValidationError as exc:
+            raise OutputInvalid(
+                f"{self.name} yielded an item that does not match its declared type",
+                errors=field_errors(exc, "output[]"),
+            ) from None
+
     def run(self, data: Any, *, artifacts: Mapping[str, Path] | None = None) -> Any:
-        """Validate ``data``, call the capability, validate and dump its output."""
+        """Validate ``data``, call the capability, validate and dump its output (a
+        streaming capability's items, all of them, as a list)."""
         kwargs = self.validate_input(data)
-        return self.dump_output(self.instantiate(artifacts)(**kwargs))
+        return self.call(self.instantiate(artifacts), kwargs)
+
+    def call(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        """The JSON output of ``fn`` (this capability's callable) on validated ``kwargs``."""
+        if self.item_adapter is not None:
+            return [self.dump_item(item) for item in fn(**kwargs)]
+        return self.dump_output(fn(**kwargs))
+
+    def stream(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Iterator[Any]:
+        """The JSON items of a streaming capability's callable ``fn``, one at a time; the
+        generator is closed (its ``finally`` runs) when the caller stops early."""
+        generator = fn(**kwargs)
+        try:
+            for item in generator:
+                yield self.dump_item(item)
+        finally:
+            generator.close()
 
 
 def capability(
@@ -273,7 +314,20 @@ def _module_dir(target: Any) -> Path:
     return Path(file).parent if file else Path.cwd()
 
 
-def _derive(name: str, target: Any) -> tuple[type[BaseModel], TypeAdapter[Any]]:
+def _item_type(name: str, annotation: Any) -> Any:
+    """The item type of a generator's return annotation (``Iterator[T]``,
+    ``Iterable[T]``, ``Generator[T, ...]``)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (collections.abc.Iterator, collections.abc.Iterable,
+                  collections.abc.Generator) and args:  # fmt: skip
+        return args[0]
+    raise SpecError(f"capability {name!r} yields its output: annotate the return as Iterator[Item]")
+
+
+def _derive(
+    name: str, target: Any
+) -> tuple[type[BaseModel], TypeAdapter[Any], TypeAdapter[Any] | None]:
     fn = target.__call__ if isinstance(target, type) else target
     if isinstance(target, type) and fn is object.__call__:
         raise SpecError(f"capability {name!r}: class {target.__qualname__} has no __call__")
@@ -303,10 +357,18 @@ def _derive(name: str, target: Any) -> tuple[type[BaseModel], TypeAdapter[Any]]:
             __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
             **fields,
         )
-        output: TypeAdapter[Any] = TypeAdapter(hints["return"])
+        item: TypeAdapter[Any] | None = None
+        if inspect.isgeneratorfunction(fn):
+            item_type = _item_type(name, hints["return"])
+            item = TypeAdapter(item_type)
+            output: TypeAdapter[Any] = TypeAdapter(list[item_type])  # type: ignore[valid-type]
+        else:
+            output = TypeAdapter(hints["return"])
+    except SpecError:
+        raise
     except Exception as exc:
         raise SpecError(f"capability {name!r}: cannot derive a schema: {exc}") from None
-    return model, output
+    return model, output, item
 
 
 def _model_name(name: str) -> str:

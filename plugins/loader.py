@@ -93,7 +93,7 @@ class Plugins:
         inputs = cap.validate_input(data)
         invocation = Invocation(cap.name, inputs, caller=caller, request_id=request_id)
         invocation = self.before_invoke(invocation, cap.validate_input)
-        output = cap.dump_output(cap.instantiate(artifacts)(**invocation.inputs))
+        output = cap.call(cap.instantiate(artifacts), invocation.inputs)
         return self.after_invoke(invocation, output)
 
     def before_invoke(

@@ -72,7 +72,7 @@ class CapabilityModel(mlflow.pyfunc.PythonModel):
     def _run(self, data: Any) -> Any:
         assert self.capability is not None
         kwargs = self.capability.validate_input(data)
-        return self.capability.dump_output(self.fn(**kwargs))
+        return self.capability.call(self.fn, kwargs)
 
 
 def model_code(entry: str) -> str:

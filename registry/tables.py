@@ -324,6 +324,7 @@ class UsageRecord(SQLModel, table=True):
     caller_node: str | None = Field(default=None, max_length=330)
     caller_department: str | None = Field(default=None, max_length=370)
     forwarded_by: str | None = Field(default=None, max_length=330)
+    items: int | None = None  # a streamed call's items (None: answered once)
 
 
 class UsedAssertion(SQLModel, table=True):

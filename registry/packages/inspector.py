@@ -230,7 +230,7 @@ def _run_examples(cap: Any, problem: Any, where: str) -> list[dict[str, Any]]:
         field = f"{where}.examples[{i}]"
         ok = False
         try:
-            output = cap.dump_output(fn(**cap.validate_input(example.get("input"))))
+            output = cap.call(fn, cap.validate_input(example.get("input")))
         except (ValidationFailed, OutputInvalid) as exc:
             part = "input" if isinstance(exc, ValidationFailed) else "output"
             for err in exc.errors or []:

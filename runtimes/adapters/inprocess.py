@@ -47,7 +47,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import Pool
 from typing import Any
@@ -71,6 +71,7 @@ from yunnao.registry.publishing import plugin_namespace
 from .base import RuntimeContext, RuntimeHealth, Target
 from .loading import Runnable, from_capability, load_runnable, refuse_uploaded, uploaded_of
 from .settings import RuntimeSettings
+from .streaming import thread_stream
 
 log = logging.getLogger("yunnao.runtimes.inprocess")
 
@@ -188,6 +189,29 @@ class InProcessRuntime:
             else:
                 self._recycle_threads()
             raise InvocationTimeout(f"{target.id} did not answer within {timeout:g} s") from None
+
+    async def stream(
+        self, target: Target, inputs: dict[str, Any], *, timeout: float
+    ) -> AsyncIterator[Any]:
+        """A streaming capability's items as its generator yields them (in a worker
+        thread, holding one of the version's slots while it streams)."""
+        if target.slug not in self._limiters:
+            await self.deploy(target)
+        runnable = self._runnables.get(target.slug)
+        if runnable is None or not runnable.capability.streaming:
+            raise NotDeployable(f"{target.id} does not stream here (thread executor only)")
+        async with self._limiters[target.slug]:
+            items = thread_stream(self._threads, lambda: runnable.stream(inputs),
+                                  timeout=timeout, label=target.id)  # fmt: skip
+            try:
+                async for item in items:
+                    yield item
+            except YunnaoError:
+                raise  # the capability's own validation (422), an invalid item, a timeout
+            except Exception as exc:
+                raise CapabilityError(f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                await items.aclose()
 
     async def health(self) -> RuntimeHealth:
         return RuntimeHealth(True, f"{self.executor} executor")

@@ -15,6 +15,7 @@ of the model is imported.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,11 @@ class Runnable:
 
     def __call__(self, inputs: dict[str, Any]) -> Any:
         kwargs = self.capability.validate_input(inputs)
-        return self.capability.dump_output(self.fn(**kwargs))
+        return self.capability.call(self.fn, kwargs)
+
+    def stream(self, inputs: dict[str, Any]) -> Iterator[Any]:
+        """A streaming capability's JSON items, one at a time (see Capability.stream)."""
+        return self.capability.stream(self.fn, self.capability.validate_input(inputs))
 
 
 def from_capability(cap: Capability) -> Runnable:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -37,6 +37,7 @@ from yunnao.plugins.errors import (
 )
 from yunnao.registry.access import ANONYMOUS
 
+from . import sse
 from .base import RuntimeContext, RuntimeHealth, Target, current_call
 from .settings import RuntimeSettings
 
@@ -82,6 +83,67 @@ class RemoteRuntime:
         return self._session
 
     async def invoke(self, target: Target, inputs: dict[str, Any], *, timeout: float) -> Any:
+        node, url, call, visited, deadline, timeout = self._route(target, timeout)
+        board = self.context.health
+        try:
+            return await self._forward(target, inputs, node, url, timeout, call, visited, deadline)
+        except BaseException:
+            if board is not None:
+                board.release(node)  # a half-open trial that ended without an answer
+            raise
+
+    async def stream(
+        self, target: Target, inputs: dict[str, Any], *, timeout: float
+    ) -> AsyncIterator[Any]:
+        """A streamed call forwarded as one: the next node's events relayed as they come.
+        When this node's caller goes away, the connection to the next node is closed,
+        and that node stops the work in turn (at the origin: the generator)."""
+        node, url, call, visited, deadline, timeout = self._route(target, timeout)
+        board = self.context.health
+        path, headers, body, client_timeout = self._request(
+            target, inputs, node, timeout, call, visited, deadline
+        )
+        headers["Accept"] = sse.MEDIA_TYPE
+        answered = False
+        try:
+            async with self.session.post(
+                url + path, json=body, headers=headers, timeout=client_timeout
+            ) as resp:
+                answered = True
+                if board is not None:
+                    board.success(node)
+                if resp.status != 200 or not resp.content_type.startswith(sse.MEDIA_TYPE):
+                    data = await resp.json(content_type=None)
+                    if resp.status == 200:  # it answered once: its whole output
+                        for item in data.get("output") or []:
+                            yield item
+                        return
+                    raise _failure(resp.status, data, node)
+                async for kind, data in sse.events(resp.content):
+                    if kind == "item":
+                        yield data
+                    elif kind == "error":
+                        raise _failure(int(data.get("status") or 502), data, node)
+                    elif kind == "end":
+                        return
+            raise RuntimeDown(f"node {node} ended the stream of {target.id} early", retry_after=5)
+        except TimeoutError:
+            if board is not None and not answered:
+                board.failure(node, f"no answer to a call of {target.id} in time")
+            raise InvocationTimeout(f"node {node} did not stream {target.id} in time") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            if board is not None and not answered:
+                board.failure(node, f"cannot be reached: {type(exc).__name__}")
+            raise RuntimeDown(f"node {node}: {type(exc).__name__} {exc}", retry_after=5) from None
+        finally:
+            if board is not None and not answered:
+                board.release(node)
+
+    def _route(
+        self, target: Target, timeout: float
+    ) -> tuple[str, str, Any, tuple[str, ...], float, float]:
+        """Where a call of ``target`` goes, and with what: refused here when it would
+        loop (508), when no time is left (504), or when the next node is down (503)."""
         node, url = self._url(target)
         call = current_call.get()
         here = self.context.node_id
@@ -102,12 +164,7 @@ class RemoteRuntime:
         board = self.context.health
         if board is not None:
             self._check_reachable(board, target, node)
-        try:
-            return await self._forward(target, inputs, node, url, timeout, call, visited, deadline)
-        except BaseException:
-            if board is not None:
-                board.release(node)  # a half-open trial that ended without an answer
-            raise
+        return node, url, call, visited, deadline, timeout
 
     def _check_reachable(self, board: Any, target: Target, node: str) -> None:
         """Refuse (503) at once a call towards a node known to be down: the origin (as
@@ -131,20 +188,8 @@ class RemoteRuntime:
         deadline: float,
     ) -> Any:
         board = self.context.health
-        caller = call.caller if call is not None else ANONYMOUS
-        path = f"/v1/invoke/{target.namespace}/{target.name}@{target.version}"
-        assert self.context.assertion is not None
-        assertion = self.context.assertion(
-            node, caller, route=path, visited=visited[:-1], deadline=deadline
-        )
-        headers = {"Authorization": f"Bearer {assertion}"}
-        if call is not None and call.request_id:
-            headers["X-Request-Id"] = call.request_id
-        body = {"input": inputs, "timeout": timeout}
-        # The next node answers 504 by the deadline itself; the second of slack lets that
-        # answer arrive, and nothing here waits longer.
-        client_timeout = aiohttp.ClientTimeout(
-            total=timeout + 1, connect=min(self.connect_timeout, timeout)
+        path, headers, body, client_timeout = self._request(
+            target, inputs, node, timeout, call, visited, deadline
         )
         try:
             async with self.session.post(
@@ -167,17 +212,36 @@ class RemoteRuntime:
             board.success(node)
         if status == 200:
             return data.get("output") if isinstance(data, dict) else data
-        if not isinstance(data, dict):
-            raise CapabilityError(f"node {node} answered {status} without a problem document")
-        if status == 503:
-            raise RuntimeDown(f"at node {node}: {data.get('detail', 'unavailable')}")
-        if status == 401:
-            # The caller is fine; the link is not (the node does not accept this node's
-            # assertion): an operator's matter, not the caller's.
-            raise RuntimeDown(f"node {node} refused this node's assertion: {data.get('detail')}")
-        if status == 504:
-            raise InvocationTimeout(f"at node {node}: {data.get('detail', 'timed out')}")
-        raise RemoteFailed(status, data, node)
+        raise _failure(status, data, node)
+
+    def _request(
+        self,
+        target: Target,
+        inputs: dict[str, Any],
+        node: str,
+        timeout: float,
+        call: Any,
+        visited: tuple[str, ...],
+        deadline: float,
+    ) -> tuple[str, dict[str, str], dict[str, Any], aiohttp.ClientTimeout]:
+        """The path, headers (the assertion for the caller), body and client timeout of
+        a call forwarded to ``node``."""
+        caller = call.caller if call is not None else ANONYMOUS
+        path = f"/v1/invoke/{target.namespace}/{target.name}@{target.version}"
+        assert self.context.assertion is not None
+        assertion = self.context.assertion(
+            node, caller, route=path, visited=visited[:-1], deadline=deadline
+        )
+        headers = {"Authorization": f"Bearer {assertion}"}
+        if call is not None and call.request_id:
+            headers["X-Request-Id"] = call.request_id
+        body = {"input": inputs, "timeout": timeout}
+        # The next node answers 504 by the deadline itself; the second of slack lets that
+        # answer arrive, and nothing here waits longer.
+        client_timeout = aiohttp.ClientTimeout(
+            total=timeout + 1, connect=min(self.connect_timeout, timeout)
+        )
+        return path, headers, body, client_timeout
 
     async def health(self) -> RuntimeHealth:
         return RuntimeHealth(ok=True, detail="forwards to linked nodes")
@@ -189,3 +253,18 @@ class RemoteRuntime:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _failure(status: int, data: Any, node: str) -> Exception:
+    """The error a forwarded call's problem answer (``status``, ``data``) means here."""
+    if not isinstance(data, dict):
+        return CapabilityError(f"node {node} answered {status} without a problem document")
+    if status == 503:
+        return RuntimeDown(f"at node {node}: {data.get('detail', 'unavailable')}")
+    if status == 401:
+        # The caller is fine; the link is not (the node does not accept this node's
+        # assertion): an operator's matter, not the caller's.
+        return RuntimeDown(f"node {node} refused this node's assertion: {data.get('detail')}")
+    if status == 504:
+        return InvocationTimeout(f"at node {node}: {data.get('detail', 'timed out')}")
+    return RemoteFailed(status, data, node)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message
 
 from yunnao.plugins.errors import FieldError, ValidationFailed
@@ -27,7 +27,8 @@ from yunnao.registry.http import (
 from yunnao.registry.identity.forwarded import forwarded
 from yunnao.registry.identity.middleware import identity_of
 
-from . import media
+from ..adapters import sse
+from . import media, streams
 from .core import Gateway
 from .idempotency import Idempotency
 from .jobs import Jobs
@@ -117,6 +118,11 @@ async def _json_limit(request: Request, identity: Any, namespace: str, name_ref:
     )
 
 
+def _wants_stream(request: Request) -> bool:
+    """Whether the caller takes server-sent events (a streaming capability's items)."""
+    return sse.MEDIA_TYPE in request.headers.get("accept", "")
+
+
 def _wants_async(request: Request) -> bool:
     prefer = request.headers.get("prefer", "")
     return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
@@ -126,6 +132,11 @@ async def invoke(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is None:
         return await _invoke(request)
+    if _wants_stream(request):
+        raise ValidationFailed(
+            "Idempotency-Key is for calls answered once, not for streams",
+            errors=[FieldError("Idempotency-Key", "not with Accept: text/event-stream")],
+        )
     # Once per key: the body is read here (for the request's fingerprint) and replayed.
     invoker = _invoker(request)
     raw = await read_body(request, invoker.max_upload_bytes)  # the route's own limit follows
@@ -195,6 +206,21 @@ async def _invoke(request: Request) -> Response:
             "callback_url needs an asynchronous call (header Prefer: respond-async)",
             errors=[FieldError("callback_url", "only with Prefer: respond-async")],
         )
+    if _wants_stream(request) and streams.streams(
+        (await gateway.resolve(identity, namespace, name_ref)).target
+    ):
+        opened = await streams.open_stream(
+            gateway, identity, namespace, name_ref, body.input, timeout=timeout,
+            client=client, request_id=request_id,
+        )  # fmt: skip
+        if opened is not None:
+            call, events = opened
+            headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+            if call.deprecated:
+                headers["Deprecation"] = "true"
+            return StreamingResponse(
+                streams.as_sse(events), media_type=sse.MEDIA_TYPE, headers=headers
+            )
     answer = await gateway.call(
         identity,
         namespace,

@@ -6,9 +6,9 @@ A call to a capability with image or file fields may come as:
 - ``multipart/form-data``: a part per field (files as file parts; other fields as
   text, read as JSON unless the field is a string), or an ``input`` part holding the
   JSON object;
-- a raw ``image/jpeg``, ``image/png``, ``image/webp`` or ``application/octet-stream``
-  body: the file of the only media field (``?field=`` names one), other fields in
-  the query string.
+- a raw ``image/jpeg``, ``image/png``, ``image/webp``, ``video/mp4``,
+  ``video/x-msvideo``, ``video/quicktime`` or ``application/octet-stream`` body: the file
+  of the only media field (``?field=`` names one), other fields in the query string.
 
 Whatever the form, the input becomes the JSON object (files base64-encoded) that every
 runtime, and a forwarded call to another node, receives. Before any runtime runs,
@@ -29,7 +29,10 @@ from yunnao.plugins.errors import FieldError, PayloadTooLarge, ValidationFailed
 from yunnao.plugins.media import MediaError, encoded, media_fields, payload, spec_of
 from yunnao.registry.http import read_body
 
-RAW_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/octet-stream"})
+RAW_TYPES = frozenset({
+    "image/jpeg", "image/png", "image/webp", "application/octet-stream",
+    "video/mp4", "video/x-msvideo", "video/quicktime",
+})  # fmt: skip
 MULTIPART = "multipart/form-data"
 RESERVED = frozenset({"timeout", "field"})  # query parameters that are not input fields
 MAX_PARTS = 64

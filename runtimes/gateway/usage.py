@@ -26,6 +26,7 @@ log = logging.getLogger("yunnao.usage")
 _COLUMNS = (
     "at", "caller", "namespace", "name", "version", "runtime", "mode", "status",
     "latency_ms", "request_id", "error_id", "caller_node", "caller_department", "forwarded_by",
+    "items",
 )  # fmt: skip
 
 
@@ -35,7 +36,7 @@ class Usage:
     name: str
     version: str | None
     runtime: str | None
-    mode: str  # sync | async | v2
+    mode: str  # sync | async | v2 | stream
     status: int
     latency_ms: float
     caller: str | None = None
@@ -48,6 +49,7 @@ class Usage:
     caller_node: str | None = None
     caller_department: str | None = None
     forwarded_by: str | None = None
+    items: int | None = None  # a streamed call's items, however it ended
 
 
 class UsageLog:
@@ -86,7 +88,7 @@ class UsageLog:
         rows = [
             (at(u.at) if at else u.at, u.caller, u.namespace, u.name, u.version, u.runtime,
              u.mode, u.status, u.latency_ms, u.request_id, u.error_id, u.caller_node,
-             u.caller_department, u.forwarded_by)
+             u.caller_department, u.forwarded_by, u.items)
             for u in batch
         ]  # fmt: skip
         with row_write(self.engine) as conn:

@@ -237,3 +237,36 @@ def test_try_it_uploads_a_picture_and_shows_the_picture_it_answers(
     page.get_by_role("button", name="运行").click()
     expect(result).to_have_attribute("data-status", "422")
     expect(result.locator('.field-errors li[data-field="input.frame"]')).to_be_visible()
+
+
+def _clip(path: Path, frames: int) -> bytes:
+    from yunnao_example_vision.synthetic import clip
+
+    return clip(str(path), frames)
+
+
+def test_try_it_shows_a_stream_item_by_item_and_stops_it(
+    city: YunnaoProcess, page: Page, shot, tmp_path: Path
+) -> None:
+    page.goto(f"{city.url}/c/{CITY}.urban/video-people")
+    picker = page.locator('#try-form input[type="file"][name="clip"]')
+    picker.set_input_files(
+        {"name": "c.avi", "mimeType": "video/x-msvideo", "buffer": _clip(tmp_path / "c.avi", 20)}
+    )
+    page.get_by_label("every").fill("5")
+    page.get_by_role("button", name="运行").click()
+    items = page.locator("#try-result ol.stream-items > li")
+    expect(items).to_have_count(4)
+    expect(page.locator(".stream-status")).to_contain_text("完成：共 4 项")
+    expect(items.nth(3).locator('tr[data-field="count"]')).to_contain_text("3")
+    shot(page, "stream")
+    # A long clip, stopped after its first item: the page says so.
+    picker.set_input_files(
+        {"name": "l.avi", "mimeType": "video/x-msvideo", "buffer": _clip(tmp_path / "l.avi", 150)}
+    )
+    page.get_by_label("every").fill("1")
+    page.get_by_role("button", name="运行").click()
+    expect(items.first).to_be_visible()
+    page.get_by_role("button", name="停止").click()
+    expect(page.locator(".stream-status")).to_have_text("已停止。")
+    assert items.count() < 150

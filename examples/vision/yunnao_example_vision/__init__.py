@@ -133,5 +133,6 @@ def frame_quality(
 def yunnao_capabilities() -> list:
     from .crowd import CrowdLevel
     from .detect import face_blur, people_detect
+    from .video import video_people
 
-    return [scene_stats, frame_quality, people_detect, face_blur, CrowdLevel]
+    return [scene_stats, frame_quality, people_detect, face_blur, CrowdLevel, video_people]

@@ -100,3 +100,14 @@ def scenes(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
         frames.append(crowd(rng, people))
         levels.append(level_of(people))
     return frames, np.array(levels)
+
+
+def clip(path: str, frames: int, fps: int = 10) -> bytes:
+    """A video clip (MJPG in AVI, which OpenCV writes everywhere) of street frames with 0,
+    1, 2, 3, 0, ... people, five frames each; written to ``path``, its bytes returned."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 360))
+    for i in range(frames):
+        writer.write(street((i // 5) % 4, seed=i)[0])
+    writer.release()
+    with open(path, "rb") as written:
+        return written.read()
