@@ -40,6 +40,9 @@ class Catalog:
     max_body_bytes: int = 1 << 20
     publisher: Publisher | None = None
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
+    # Checks a version before it is stored, per runtime type (a pipeline's steps), and
+    # may complete it: ``await check_version(identity, namespace, name, spec)`` -> spec.
+    check_version: Callable[..., Awaitable[schemas.PublishRequest]] | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,8 @@ async def publish_version(request: Request) -> Response:
         request.state.audit_action = Action.GRANT.value
         require(identity, Action.GRANT, namespace)
     require_binding(identity, spec.runtime, catalog.store.node_id)
+    if catalog.check_version is not None:
+        spec = await catalog.check_version(identity, namespace, name, spec)
     if spec.model_uri is not None or spec.artifact_uri is not None:
         spec = await _run(_own_model, catalog, namespace, name, spec)
     version = await _run(catalog.store.publish, namespace, name, spec)

@@ -42,6 +42,9 @@ AUTHOR_KEYS: Mapping[str, frozenset[str]] = {
     "sandbox": frozenset(
         {"memory_mb", "cpu_seconds", "processes", "open_files", "workers", "threads", "environment"}
     ),
+    # A pipeline's steps are calls through the gateway as the caller: nothing it reaches
+    # is more than its callers may reach themselves.
+    "pipeline": frozenset({"steps", "output"}),
 }
 OPERATOR_TYPES = frozenset({"remote"})
 TRUSTED = "trusted"

@@ -583,3 +583,27 @@ class ReviewUpward(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=500)
     decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     received_at: datetime = _ts()
+
+
+class TrafficSplit(SQLModel, table=True):
+    """A capability's traffic split at its own node: of the calls that name no version,
+    a share goes to the ``canary`` version and the rest to ``stable`` (the current
+    version when the split was set), each mirrored to ``shadow``. When a new version's
+    error rate passes the rule the split is removed by itself, or, while a newer version
+    than ``stable`` is current, kept without canary and shadow as a pin on ``stable``
+    (``note`` says why) until its writers clear it."""
+
+    __tablename__ = "traffic_split"
+
+    namespace: str = Field(primary_key=True, max_length=370)
+    name: str = Field(primary_key=True, max_length=64)
+    stable: str = Field(max_length=128)
+    canary: str | None = Field(default=None, max_length=128)
+    share: float = 0.0
+    shadow: str | None = Field(default=None, max_length=128)
+    max_error_rate: float = 0.05
+    min_calls: int = 50
+    window_s: float = 300.0
+    set_by: str | None = Field(default=None, max_length=500)
+    set_at: datetime = _ts()
+    note: str | None = Field(default=None, max_length=500)

@@ -75,13 +75,14 @@ from yunnao.runtimes.adapters.loading import load_runnable
 from yunnao.runtimes.adapters.manager import Runtimes
 from yunnao.runtimes.adapters.sandbox.status import EnvironmentUsage, sandbox_status
 from yunnao.runtimes.gateway import api as gateway_api
-from yunnao.runtimes.gateway import metrics_api, usage_api, v2
+from yunnao.runtimes.gateway import metrics_api, pipelines, splits_api, usage_api, v2
 from yunnao.runtimes.gateway.core import Gateway
 from yunnao.runtimes.gateway.idempotency import Idempotency
 from yunnao.runtimes.gateway.jobs import Jobs
 from yunnao.runtimes.gateway.metrics import Metrics
 from yunnao.runtimes.gateway.ratelimit import limiter_for
 from yunnao.runtimes.gateway.ratelimit_sqlite import SqliteLimiter
+from yunnao.runtimes.gateway.splits import Splits
 from yunnao.runtimes.gateway.usage import UsageLog
 
 from .settings import Settings
@@ -194,6 +195,23 @@ def runtime_context(
     return context
 
 
+async def step_call(
+    gateway: Gateway,
+    identity: Any,
+    namespace: str,
+    name_ref: str,
+    inputs: Any,
+    *,
+    timeout: float,
+    request_id: str | None = None,
+) -> Any:
+    """One step of a pipeline: a call through the gateway as the pipeline's caller."""
+    answer = await gateway.call(
+        identity, namespace, name_ref, inputs, timeout=timeout, request_id=request_id
+    )
+    return answer.output
+
+
 def alias_lookup(store: RegistryStore, models: Any) -> Callable[[str, str, str], str | None]:
     """The version an MLflow alias of a capability's model points at (None: no such alias
     or no version of this node registered that model)."""
@@ -304,6 +322,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         caller_limit=settings.rate_limit,
         anonymous_limit=settings.rate_limit_anonymous,
     )
+    context.call = partial(step_call, gateway)  # a pipeline's steps: calls as the caller
     outbound = OutboundGuard(settings.callback_allow)  # job callbacks, webhooks
     jobs = Jobs(
         engine,
@@ -332,6 +351,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         sso=sso,
     )
     audit = AuditLog(engine)
+    gateway.splits = Splits(store, audit, usage, cache_ttl=gateway.cache_ttl)  # canaries
 
     # The cascade: this node's feed, applying its peers' entries, and the sync loops.
     feed = Feed(engine, node_id, key, share_internal=settings.cascade_share_internal)
@@ -377,6 +397,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         + names_api.ENDPOINTS
         + ACCESS_REQUEST_ENDPOINTS
         + usage_api.ENDPOINTS
+        + splits_api.ENDPOINTS
         + audit_api.ENDPOINTS
         + HEALTH_ENDPOINTS
         + ASSESSMENT_ENDPOINTS
@@ -475,6 +496,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_body_bytes=settings.max_body_bytes,
         publisher=publisher,
         capabilities=plugins.capabilities,
+        check_version=pipelines.version_check(store),
     )
     app.state.invoker = gateway_api.Invoker(
         gateway=gateway,

@@ -110,6 +110,9 @@ class RuntimeContext:
     # The node's health board and circuit breakers (yunnao.registry.health.HealthBoard):
     # the remote runtime asks it before forwarding and tells it how the call went.
     health: Any = None
+    # For the pipeline runtime: one call through this node's gateway, as a caller:
+    # ``call(identity, namespace, name_ref, inputs, *, timeout, request_id)`` -> output.
+    call: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ BUILTIN: dict[str, str] = {
     "triton": "yunnao.runtimes.adapters.triton:TritonRuntime",
     "remote": "yunnao.runtimes.adapters.remote:RemoteRuntime",
     "sandbox": "yunnao.runtimes.adapters.sandbox:SandboxRuntime",
+    "pipeline": "yunnao.runtimes.adapters.pipeline:PipelineRuntime",
 }
 
 

@@ -28,7 +28,7 @@ from yunnao.registry.identity.forwarded import forwarded
 from yunnao.registry.identity.middleware import identity_of
 
 from ..adapters import sse
-from . import media, streams
+from . import media, pipelines, streams
 from .core import Gateway
 from .idempotency import Idempotency
 from .jobs import Jobs
@@ -259,6 +259,7 @@ async def set_runtime(request: Request) -> Response:
             errors=[FieldError("type", f"one of: {', '.join(sorted(available))}")],
         )
     require_binding(identity_of(request), binding, invoker.gateway.store.node_id, field="")
+    pipelines.refuse_rebinding(binding)
     result, etag = await anyio.to_thread.run_sync(
         lambda: invoker.gateway.store.set_runtime(
             namespace, name, version, binding, if_match=request.headers.get("if-match")

@@ -5,15 +5,13 @@
 A rule added to a call is added there, once. The path of one call: the forwarding
 rules for a call a linked node forwarded (a loop is 508, a passed deadline 504) →
 resolve the reference to a version (cached; the node's own writes invalidate at once,
-other nodes' within ``cache_ttl``) → access check → rate limits (429) → the front's
-input, built once the version is known → input validated against the version's JSON
-Schema (422 naming each field) → ``yunnao_before_invoke`` hooks → the runtime bound to
-the version (deployed on first use) → output validated → ``yunnao_after_invoke`` hooks →
-usage record and metrics.
-
-Failures become problems: a retired version 410, a runtime down 503 with
-``Retry-After``, a timeout 504, a capability that raised 500 with an error id (its
-message goes to the node's log, never to the caller).
+other nodes' within ``cache_ttl``) → access check → rate limits (429) → the traffic
+split (:mod:`.splits`) → the front's input → input validated against the version's
+JSON Schema (422 naming each field) → ``yunnao_before_invoke`` hooks → the runtime
+bound to the version (deployed on first use) → output validated →
+``yunnao_after_invoke`` hooks → usage record and metrics. Failures become problems: a
+retired version 410, a runtime down 503 with ``Retry-After``, a timeout 504, a
+capability that raised 500 with an error id (its message goes to the node's log only).
 """
 
 from __future__ import annotations
@@ -63,6 +61,7 @@ from . import media
 from .calls import Answer, Call, Inputs, schema_errors, split_ref, target_for
 from .metrics import Metrics
 from .ratelimit import MemoryLimiter, RateLimiter
+from .splits import Splits
 from .usage import Usage, UsageLog
 
 log = logging.getLogger("yunnao.gateway")
@@ -115,6 +114,7 @@ class Gateway:
         self._validators: dict[tuple[str, str, str], Draft202012Validator] = {}
         self._media: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
         self._locks: dict[tuple[str, str, str | None], asyncio.Lock] = {}
+        self.splits: Splits | None = None  # canaries and shadows (see splits.py)
 
     # ------------------------------------------------------------ the entry point
 
@@ -139,6 +139,7 @@ class Gateway:
         cannot serve before the call is admitted. ``queued``: a job's call, whose access
         and rate limits were checked when it was submitted; it runs the version the job
         names as that version is now."""
+        shadow = None
         if queued:
             call = await self._queued(namespace, name_ref)
             visited: tuple[str, ...] = ()
@@ -146,20 +147,16 @@ class Gateway:
         else:
             visited, deadline = self.forwarding(identity)
             call = await self.admitted(identity, namespace, name_ref, client=client, accept=accept)
+            if self.splits is not None:  # a canary's share, a shadow: for `name` alone
+                call, shadow = await self.splits.route(self, identity, namespace, name_ref, call)
         data = inputs(call) if callable(inputs) else inputs
         if inspect.isawaitable(data):
             data = await data
+        if shadow is not None and self.splits is not None:
+            self.splits.mirror(self, identity, shadow, data, timeout=timeout, request_id=request_id)
         started = time.perf_counter()
-        output = await self.invoke(
-            identity,
-            call,
-            data,
-            timeout=timeout,
-            request_id=request_id,
-            mode=mode,
-            visited=visited,
-            deadline=deadline,
-        )
+        output = await self.invoke(identity, call, data, timeout=timeout, request_id=request_id,
+                                   mode=mode, visited=visited, deadline=deadline)  # fmt: skip
         return Answer(call, output, round((time.perf_counter() - started) * 1000, 3))
 
     def forwarding(self, identity: Identity) -> tuple[tuple[str, ...], float | None]:
@@ -479,6 +476,8 @@ class Gateway:
             ) from None
         finally:
             elapsed = time.perf_counter() - started
+            if self.splits is not None:
+                self.splits.observe(target, status)
             label = f"{target.namespace}/{target.name}"
             self.metrics.observe(label, target.version, target.runtime, mode, status, elapsed)
             self.usage.record(

@@ -15,7 +15,7 @@ from yunnao.cli import main
 CLI = Path(yunnao.cli.__file__).parent
 GROUPS = {
     "node", "catalog", "invoking", "cascade", "keys", "audit", "demo", "authoring", "profiles",
-    "names", "access", "assessment", "webhooks", "review",
+    "names", "access", "assessment", "webhooks", "review", "pipeline", "split",
 }  # fmt: skip
 SHARED = {"common", "uploads"}
 
@@ -56,7 +56,7 @@ def test_every_group_module_mounts_its_commands_on_main() -> None:
         "publish", "cascade", "key", "audit", "usage", "demo",
         "versions", "compare", "deprecate", "retire", "edit", "publish-jobs", "login", "logout",
         "profiles",
-        "node", "namespace", "access", "assessment", "webhook", "review",
+        "node", "namespace", "access", "assessment", "webhook", "review", "pipeline", "split",
     }  # fmt: skip
     for command in main.commands.values():
         assert isinstance(command, click.Command)

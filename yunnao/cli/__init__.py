@@ -17,6 +17,7 @@ module         commands
 ``audit``      ``audit verify|export``, ``usage``
 ``demo``       ``demo``
 ``names``      ``node show|set``, ``namespace list|show|create|set``
+``split``      ``split show|set|clear``
 =============  ============================================================
 """
 
@@ -39,8 +40,10 @@ from .invoking import invoke, runtime
 from .keys import key, token
 from .names import namespace_group, node_group
 from .node import db, serve
+from .pipeline import pipeline
 from .profiles import login, logout, profiles_list
 from .review import review
+from .split import split
 from .webhooks import webhook
 
 
@@ -63,6 +66,6 @@ for command in (
     serve, db, search, show, invoke, runtime, token, plugins, publish,
     cascade, key, audit, usage, demo,
     versions, compare, deprecate, retire, edit, publish_jobs, login, logout, profiles_list,
-    node_group, namespace_group, access, assessment, webhook, review,
+    node_group, namespace_group, access, assessment, webhook, review, pipeline, split,
 ):  # fmt: skip
     main.add_command(command)
