@@ -384,7 +384,7 @@ def test_a_node_can_publish_its_plugins_on_start_once(tmp_path: Path) -> None:
             found = httpx.get(f"{node.url}/v1/capabilities", timeout=30).json()
             # Anonymous callers see the public ones; air-anomaly and face-blur are internal.
             public = {"flow-forecast", "scene-stats", "frame-quality", "people-detect",
-                      "crowd-level"}  # fmt: skip
+                      "crowd-level", "video-people"}  # fmt: skip
             assert {i["name"] for i in found["items"]} == public
             published = f"published {NODE_ID}.env/air-anomaly@1.0.0" in node.output()
             assert published == (start == "first"), node.output()
