@@ -11,20 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from yunnao.cascade.review import Review
 from yunnao.cascade.review_api import NewRule, Refusal, held_detail
-from yunnao.plugins.errors import ValidationFailed, field_errors
 from yunnao.registry.access import Action, Entry, decide, require
 from yunnao.registry.db import read_session
 from yunnao.registry.identity.middleware import identity_of
 from yunnao.registry.usage_daily import BEIJING
 
 from . import forms
+from .access_pages import _validated
 from .authoring import _form
 from .pages import _check_origin, _page, _render, _run
 
@@ -43,14 +42,6 @@ def _row(review: Review) -> dict[str, Any]:
         "arrived_text": _when(review.arrived_at),
         "decided_text": _when(review.decided_at),
     }
-
-
-def _validated(model: Any, **values: Any) -> Any:
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        errors = field_errors(exc)
-        raise ValidationFailed(f"{errors[0].field}: {errors[0].message}", errors=errors) from None
 
 
 def _cascade(request: Request) -> Any:
