@@ -185,6 +185,13 @@ class Settings(BaseSettings):
         "(the leader) runs the store-wide loops (replication, publish jobs, usage rollup, "
         "compaction, probe tallies)",
     )
+    keep_alive: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds an idle HTTP connection stays open for its next request; behind "
+        "a load balancer, set it above the balancer's own idle timeout",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")

@@ -88,7 +88,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "--node-id", CITY, "--workers", "2", "--plugin", str(RT_PLUGIN_DIR / "yunnao_rt"),
             # Retention on: one more duty of the leader's (pruning nothing here).
             env={"YUNNAO_PLUGINS": "false", "YUNNAO_USAGE_KEEP_DAYS": "30",
-                 "YUNNAO_AUDIT_KEEP_DAYS": "365"},
+                 "YUNNAO_AUDIT_KEEP_DAYS": "365",
+                 # A pinned connection must outlast the test's slowest pause (uvicorn's
+                 # default closes an idle one after 5 s, and the next request then
+                 # reaches whichever worker accepts the new connection).
+                 "YUNNAO_KEEP_ALIVE": "600"},
         ),
     )  # fmt: skip
     shinan = Site(SHINAN, YunnaoProcess(root / SHINAN, "--node-id", SHINAN))

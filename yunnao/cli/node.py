@@ -165,7 +165,12 @@ def _serve(app: Any, settings: Any, log_level: str, sock: Any = None) -> None:
             gc.freeze()
 
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        proxy_headers=False,
+        timeout_keep_alive=settings.keep_alive,
     )
     NodeServer(config).run(sockets=None if sock is None else [sock])
 
