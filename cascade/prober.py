@@ -28,8 +28,9 @@ import anyio.to_thread
 import httpx
 import sqlalchemy as sa
 
+from yunnao.registry.clock import BEIJING
 from yunnao.registry.db import row_write
-from yunnao.registry.health import BEIJING, HealthBoard, NodeState
+from yunnao.registry.health import HealthBoard, NodeState
 from yunnao.registry.http import parse_json
 from yunnao.registry.tables import Peer, ProbeDaily
 

@@ -29,8 +29,8 @@ from yunnao.registry.access_requests import (
     NewAccessRequest,
     Refusal,
 )
+from yunnao.registry.clock import BEIJING
 from yunnao.registry.identity.middleware import identity_of
-from yunnao.registry.usage_daily import BEIJING
 
 from .access_panel import _requests, _row
 from .authoring import _form

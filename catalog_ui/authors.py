@@ -9,12 +9,11 @@ pages only decide what to show; each action is checked again when it is taken.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 from yunnao.registry import lifecycle, names, schemas
 from yunnao.registry.access import ROLE_ACTIONS, Action, Entry, Identity, decide
-
-BEIJING = timezone(timedelta(hours=8), "UTC+8")  # China keeps no daylight saving time
+from yunnao.registry.clock import BEIJING
 
 
 def _publisher(identity: Identity) -> bool:

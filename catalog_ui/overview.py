@@ -21,11 +21,11 @@ from starlette.routing import BaseRoute, Route
 from yunnao.cascade.peers import PeerStatus
 from yunnao.registry import access, search, usage_daily, visibility
 from yunnao.registry.access import Action, Identity
+from yunnao.registry.clock import BEIJING
 from yunnao.registry.db import read_session
 from yunnao.registry.identity.middleware import identity_of
 from yunnao.registry.names import namespace_node
 from yunnao.registry.tables import CapabilityRow, Node, UsageDaily
-from yunnao.registry.usage_daily import BEIJING
 
 from . import charts, i18n
 from .pages import _page, _render, _run

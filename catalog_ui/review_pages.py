@@ -18,9 +18,9 @@ from starlette.routing import BaseRoute, Route
 from yunnao.cascade.review import Review
 from yunnao.cascade.review_api import NewRule, Refusal, held_detail
 from yunnao.registry.access import Action, Entry, decide, require
+from yunnao.registry.clock import BEIJING
 from yunnao.registry.db import read_session
 from yunnao.registry.identity.middleware import identity_of
-from yunnao.registry.usage_daily import BEIJING
 
 from . import forms
 from .access_pages import _validated

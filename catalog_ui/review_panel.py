@@ -11,9 +11,9 @@ from starlette.requests import Request
 
 from yunnao.cascade.review import Decision, decisions
 from yunnao.registry import schemas
+from yunnao.registry.clock import BEIJING
 from yunnao.registry.db import read_session
 from yunnao.registry.identity.middleware import identity_of
-from yunnao.registry.usage_daily import BEIJING
 
 
 async def panel(request: Request, cap: schemas.Capability) -> list[dict[str, Any]]:

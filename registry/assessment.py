@@ -40,9 +40,9 @@ from sqlmodel import col, select
 from yunnao.plugins.errors import FieldError, ValidationFailed
 
 from . import names, usage_daily
+from .clock import BEIJING
 from .db import read_session
 from .tables import CapabilityRow, Namespace, Node, ProbeDaily, Rejection, UsageDaily
-from .usage_daily import BEIJING
 
 MAX_DAYS = 366
 EARLIEST, LATEST = date(2000, 1, 1), date(2099, 12, 31)

@@ -26,13 +26,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from .clock import BEIJING
 from .names import in_scope
 
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 MAX_REPORTED = 5000  # nodes taken from one child's answer (more are ignored)
 
 

@@ -25,17 +25,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import select
 
+from yunnao.registry.clock import BEIJING
 from yunnao.registry.db import read_session, row_write
 from yunnao.registry.names import namespace_node
 from yunnao.registry.tables import CapabilityRow, UsageDaily, UsageRecord, utcnow
-
-# China keeps no daylight saving time: Beijing time is UTC+8 all year.
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 # Upper bounds (ms) of the latency histogram's buckets; the last takes everything slower.
 BUCKETS_MS: tuple[float, ...] = (

@@ -77,7 +77,10 @@ class Site:
         body = {"version": version, "title": fields.pop("title", f"{name} 标题"), **fields}
         ns = f"{self.node_id}.{dept}"
         resp = httpx.post(
-            f"{self.url}/v1/capabilities/{ns}/{name}/versions", json=body, headers=self.auth()
+            f"{self.url}/v1/capabilities/{ns}/{name}/versions",
+            json=body,
+            headers=self.auth(),
+            timeout=60,  # httpx's 5 s is short for a busy 2-core CI machine
         )
         assert resp.status_code == 201, resp.text
 

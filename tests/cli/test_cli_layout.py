@@ -5,6 +5,8 @@ them back (no cycle): ``common`` imports no sibling, ``uploads`` only ``common``
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -61,3 +63,15 @@ def test_every_group_module_mounts_its_commands_on_main() -> None:
     for command in main.commands.values():
         assert isinstance(command, click.Command)
         assert command.callback is None or command.callback.__module__.startswith("yunnao.cli.")
+
+
+def test_loading_the_command_line_imports_no_store_server_or_model_library() -> None:
+    """Every ``yunnao`` command, ``--help`` included, loads all the groups first: a heavy
+    import at a group's top (the store's SQLAlchemy tables once cost a second a command)
+    is paid by each of them. Commands import those where they run."""
+    code = "import sys, yunnao.cli; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    heavy = {"sqlalchemy", "sqlmodel", "mlflow", "starlette", "uvicorn", "numpy", "ray"}
+    assert heavy.isdisjoint(loaded), sorted(heavy & loaded)

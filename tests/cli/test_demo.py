@@ -41,6 +41,10 @@ def three_free_ports() -> int:
     raise RuntimeError("no three consecutive free ports")
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def serve_processes(under: Path) -> dict[int, str]:
     """Command lines, by pid, of the running `yunnao serve` processes whose data dir is
     under ``under``, whoever their parent is now."""
@@ -68,6 +72,9 @@ def test_demo_links_a_city_and_two_districts_and_stops_them_on_ctrl_c(tmp_path: 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C works as in a terminal even when the suite runs where SIGINT is ignored
+        # (a background job of a script): an ignored signal stays ignored across exec.
+        preexec_fn=_interruptible,
     )
     lines: queue.Queue[str | None] = queue.Queue()
     output: list[str] = []

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from yunnao.registry.usage_daily import BEIJING
+from yunnao.registry.clock import BEIJING
 
 from .common import Remote, console, parse_ttl, print_json, remote_options, split_ref
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from yunnao.registry.usage_daily import BEIJING
+from yunnao.registry.clock import BEIJING
 
 from .common import Remote, console, print_json, remote_options
 
