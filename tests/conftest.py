@@ -60,8 +60,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite store migrated once for the session, which each test copies: running the
-    migrations took about a second a test, a copy takes milliseconds."""
+    """A SQLite store migrated once for the session, which each test copies: a copy
+    takes milliseconds, running every migration again took 0.1-0.4 s a test."""
     path = tmp_path_factory.mktemp("sqlite-template") / "registry.db"
     engine = db.create_engine(f"sqlite:///{path}")
     migrate.upgrade(engine)
