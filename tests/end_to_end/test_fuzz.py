@@ -62,9 +62,9 @@ pytestmark = [
 
 BASE_URL = "http://testserver"
 SECRET, OPEN, OTHER = "sd.qd.secret", "sd.qd.open", "sd.qd.other"
-# Generated cases per operation and caller (about 150 operations, six callers: 12 each
-# keeps the module near a minute and a half on a 2-core machine). Bad tokens are refused
-# before routing, so a few cases per operation show it.
+# Generated cases per operation for each of the three signed-in or anonymous callers (12
+# keeps each of those runs near half a minute on a 2-core machine; 20 took near a
+# minute). Bad tokens are refused before routing, so a few cases per operation show it.
 EXAMPLES = 12
 BAD_TOKEN_EXAMPLES = 4
 AIMED_EXAMPLES = 2  # per aim (an entry, a version reference), see _aims
